@@ -1,0 +1,359 @@
+"""The direction-loss autoencoder of Balazy et al. (2021)."""
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ._backend import as_tensor, inference_device, map_rows, resolve_device, torch_generator
+from ._base import BaseCompressor
+from ._losses import annealed_power, direction_loss
+from ._mlp import ACTIVATIONS, forward_layers, init_layers
+from ._table import LowRankTable
+from ._training import train
+
+
+class _AutoEncoderNet(torch.nn.Module):
+    def __init__(self, encoder, decoder, activation, latent_activation):
+        super().__init__()
+        self.encoder_coefs = torch.nn.ParameterList(encoder[0])
+        self.encoder_intercepts = torch.nn.ParameterList(encoder[1])
+        self.decoder_coefs = torch.nn.ParameterList(decoder[0])
+        self.decoder_intercepts = torch.nn.ParameterList(decoder[1])
+        self.activation = activation
+        self.latent_activation = latent_activation
+
+    def forward(self, rows):
+        latent = forward_layers(
+            rows,
+            self.encoder_coefs,
+            self.encoder_intercepts,
+            self.activation,
+            self.latent_activation,
+        )
+        return forward_layers(
+            latent, self.decoder_coefs, self.decoder_intercepts, self.activation
+        )
+
+
+def _numpy(tensors):
+    return [t.detach().cpu().numpy().astype(np.float32) for t in tensors]
+
+
+class DirectionAutoEncoder(BaseCompressor):
+    """Autoencoder that compresses rows while keeping their direction.
+
+    Each row of ``X`` (a token's embedding, an item's vector) is one training sample. The
+    loss weights the cosine distance between a row and its reconstruction far above an
+    element-wise error, as in Balazy et al. (2021); every default below is the paper's.
+    After fitting, a table is stored as the latent codes ``transform(X)`` and the decoder:
+    see :meth:`compress`.
+
+    Parameters
+    ----------
+    n_components : int, default=2
+        Size of the latent code of each row. Must be less than ``n_features``.
+    hidden_layer_sizes : tuple of int, default=()
+        Hidden layers of the encoder; the decoder mirrors them. ``()`` gives the paper's
+        linear autoencoder.
+    activation : {"elu", "relu", "tanh", "gelu"}, default="elu"
+        Non-linearity between hidden layers (unused when there are none).
+    latent_activation : {"elu", "relu", "tanh", "gelu"} or None, default=None
+        Non-linearity on the latent code; ``"elu"`` is the paper's non-linear variant.
+    cosine_weight : float, default=0.1995
+        Weight of the direction term, the mean of ``1 - cos(x_hat, x)``.
+    element_weight : float, default=0.0025
+        Weight of the element term, the mean of ``(|x_hat - x| + 1e-10) ** power``.
+    element_power_start : float, default=1.0
+        Power of the element term at the first epoch.
+    element_power_end : float, default=0.1
+        Power of the element term once annealing ends.
+    element_power_epochs : int, default=20
+        Epochs over which the power moves linearly from start to end.
+    rmse_weight : float, default=0.0
+        Weight of a root-mean-squared-error term.
+    max_iter : int, default=30
+        Number of epochs (passes over the rows).
+    batch_size : int, default=32
+        Rows per mini-batch.
+    learning_rate : float, default=1e-3
+        Adam's initial learning rate.
+    lr_step_size : int, default=4
+        Epochs between learning-rate decays.
+    lr_decay : float, default=0.5
+        Factor applied to the learning rate every ``lr_step_size`` epochs.
+    device : str, default="auto"
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the weight initialisation and the shuffling. Same seed, data and device
+        give the same model.
+    verbose : int, default=0
+        Show a progress bar over epochs with the running loss.
+
+    Attributes
+    ----------
+    encoder_coefs_ : list of ndarray
+        Encoder weight matrices, each of shape ``(fan_in, fan_out)``.
+    encoder_intercepts_ : list of ndarray
+        Encoder biases.
+    decoder_coefs_ : list of ndarray
+        Decoder weight matrices; the last has shape ``(n_components or last hidden,
+        n_features)``.
+    decoder_intercepts_ : list of ndarray
+        Decoder biases.
+    loss_curve_ : list of float
+        Mean training loss of each epoch.
+    best_loss_ : float
+        Lowest epoch loss; the fitted weights are those of that epoch.
+    n_iter_ : int
+        Number of epochs run.
+    device_ : str
+        Device the model was trained on.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+
+    See Also
+    --------
+    TruncatedSVDCompressor : The paper's baseline, a rank-``n_components`` SVD.
+
+    Notes
+    -----
+    The stored form counts ``n_rows * n_components`` latent values plus the decoder's
+    weights and biases; the encoder is discarded. The paper selects the checkpoint with
+    the best test perplexity; this estimator keeps the epoch with the lowest training
+    loss instead, which needs no test data.
+
+    References
+    ----------
+    .. [1] K. Balazy, M. Banaei, R. Lebret, J. Tabor, K. Aberer. "Direction is what you
+       need: Improving Word Embedding Compression in Large Language Models",
+       RepL4NLP workshop at ACL 2021. arXiv:2106.08181.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdirection import DirectionAutoEncoder
+    >>> X = np.random.RandomState(0).normal(size=(200, 16)).astype(np.float32)
+    >>> autoencoder = DirectionAutoEncoder(n_components=8, max_iter=5, random_state=0)
+    >>> codes = autoencoder.fit_transform(X)
+    >>> codes.shape
+    (200, 8)
+    >>> autoencoder.inverse_transform(codes).shape
+    (200, 16)
+    >>> round(autoencoder.score(X), 2) > 0.5
+    True
+    """
+
+    _parameter_constraints = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "hidden_layer_sizes": [tuple, list],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "latent_activation": [None, StrOptions(set(ACTIVATIONS))],
+        "cosine_weight": [Interval(Real, 0, None, closed="left")],
+        "element_weight": [Interval(Real, 0, None, closed="left")],
+        "element_power_start": [Interval(Real, 0, None, closed="neither")],
+        "element_power_end": [Interval(Real, 0, None, closed="neither")],
+        "element_power_epochs": [Interval(Integral, 0, None, closed="left")],
+        "rmse_weight": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "lr_step_size": [Interval(Integral, 1, None, closed="left")],
+        "lr_decay": [Interval(Real, 0, 1, closed="right")],
+        "device": [str],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        n_components=2,
+        *,
+        hidden_layer_sizes=(),
+        activation="elu",
+        latent_activation=None,
+        cosine_weight=0.1995,
+        element_weight=0.0025,
+        element_power_start=1.0,
+        element_power_end=0.1,
+        element_power_epochs=20,
+        rmse_weight=0.0,
+        max_iter=30,
+        batch_size=32,
+        learning_rate=1e-3,
+        lr_step_size=4,
+        lr_decay=0.5,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.n_components = n_components
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.latent_activation = latent_activation
+        self.cosine_weight = cosine_weight
+        self.element_weight = element_weight
+        self.element_power_start = element_power_start
+        self.element_power_end = element_power_end
+        self.element_power_epochs = element_power_epochs
+        self.rmse_weight = rmse_weight
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.lr_step_size = lr_step_size
+        self.lr_decay = lr_decay
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None, sample_weight=None):
+        """Train the autoencoder on the rows of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The table to compress, one row per token or item. Numpy arrays, memmaps and
+            DataFrames are accepted.
+        y : None
+            Ignored.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each row in the loss, such as a token's frequency.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        X = self._validate_rows(X, reset=True)
+        weight = self._check_sample_weight(sample_weight, X)
+        n_samples, n_features = X.shape
+        self._validate_n_components(n_samples, n_features)
+        hidden = self._validate_hidden_layers()
+        if not (self.cosine_weight or self.element_weight or self.rmse_weight):
+            raise ValueError(
+                "cosine_weight, element_weight and rmse_weight are all zero: "
+                "the loss would be constant."
+            )
+        device = resolve_device(self.device)
+        generator = torch_generator(check_random_state(self.random_state), device)
+        encoder = init_layers([n_features, *hidden, self.n_components], generator, device)
+        decoder = init_layers([self.n_components, *hidden[::-1], n_features], generator, device)
+        net = _AutoEncoderNet(
+            [list(map(torch.nn.Parameter, part)) for part in encoder],
+            [list(map(torch.nn.Parameter, part)) for part in decoder],
+            self.activation,
+            self.latent_activation,
+        )
+        rows = as_tensor(X, device)
+        if weight is None:
+            row_weight = torch.ones(n_samples, device=device)
+        else:
+            row_weight = as_tensor(weight / weight.mean(), device)
+
+        def batch_loss(module, batch, batch_weight, epoch):
+            power = annealed_power(
+                epoch,
+                self.element_power_start,
+                self.element_power_end,
+                self.element_power_epochs,
+            )
+            return direction_loss(
+                module(batch),
+                batch,
+                batch_weight,
+                cosine_weight=self.cosine_weight,
+                element_weight=self.element_weight,
+                element_power=power,
+                rmse_weight=self.rmse_weight,
+            )
+
+        self.loss_curve_ = train(
+            net,
+            batch_loss,
+            rows,
+            row_weight,
+            max_iter=self.max_iter,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            lr_step_size=self.lr_step_size,
+            lr_decay=self.lr_decay,
+            generator=generator,
+            verbose=self.verbose,
+            description=type(self).__name__,
+        )
+        self.n_iter_ = len(self.loss_curve_)
+        self.best_loss_ = min(self.loss_curve_)
+        self.encoder_coefs_ = _numpy(net.encoder_coefs)
+        self.encoder_intercepts_ = _numpy(net.encoder_intercepts)
+        self.decoder_coefs_ = _numpy(net.decoder_coefs)
+        self.decoder_intercepts_ = _numpy(net.decoder_intercepts)
+        self.device_ = str(device)
+        return self
+
+    def _validate_hidden_layers(self):
+        hidden = tuple(self.hidden_layer_sizes)
+        if not all(isinstance(size, Integral) and size >= 1 for size in hidden):
+            raise ValueError(
+                f"hidden_layer_sizes must hold positive ints, got {self.hidden_layer_sizes!r}."
+            )
+        return hidden
+
+    def _layers(self, part, device):
+        coefs = getattr(self, f"{part}_coefs_")
+        intercepts = getattr(self, f"{part}_intercepts_")
+        to_device = lambda arrays: [torch.from_numpy(a).to(device) for a in arrays]  # noqa: E731
+        return to_device(coefs), to_device(intercepts)
+
+    def _encode(self, X):
+        device = inference_device(self.device)
+        coefs, intercepts = self._layers("encoder", device)
+        return map_rows(
+            lambda rows: forward_layers(
+                rows, coefs, intercepts, self.activation, self.latent_activation
+            ),
+            X,
+            device,
+            X.dtype,
+        )
+
+    def _decode(self, codes):
+        device = inference_device(self.device)
+        coefs, intercepts = self._layers("decoder", device)
+        return map_rows(
+            lambda rows: forward_layers(rows, coefs, intercepts, self.activation),
+            codes,
+            device,
+            codes.dtype,
+        )
+
+    def compress(self, X):
+        """The stored form of ``X``: its latent table and the decoder.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_rows, n_features)
+
+        Returns
+        -------
+        table : LowRankTable
+            A torch module; ``table(indices)`` decodes rows, ``table.n_parameters`` and
+            ``table.n_bytes`` count what it stores.
+        """
+        latent = self.transform(X)
+        return LowRankTable(
+            torch.from_numpy(np.asarray(latent, dtype=np.float32)),
+            [torch.from_numpy(c) for c in self.decoder_coefs_],
+            [torch.from_numpy(b) for b in self.decoder_intercepts_],
+            self.activation,
+        )
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.device != "cpu" and torch.cuda.is_available()
+        return tags

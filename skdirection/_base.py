@@ -1,0 +1,119 @@
+"""What every compressor shares: input checks, scoring, output feature names."""
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, validate_data
+
+from .metrics import mean_cosine_similarity
+
+FLOAT_DTYPES = (np.float64, np.float32)
+
+
+class BaseCompressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Base class for compressors: ``fit``, ``transform`` to a latent code,
+    ``inverse_transform`` back, ``score`` as mean cosine, ``compress`` to a stored table.
+
+    Subclasses implement ``fit``, ``_encode`` (validated rows to codes), ``_decode``
+    (codes to rows) and ``compress``.
+    """
+
+    @property
+    def _n_features_out(self):
+        return self.n_components
+
+    def _validate_rows(self, X, *, reset):
+        _check_numeric(X)
+        return validate_data(self, X, dtype=list(FLOAT_DTYPES), reset=reset)
+
+    def _validate_n_components(self, n_samples, n_features, *, max_samples=False):
+        k = self.n_components
+        if k >= n_features:
+            raise ValueError(
+                f"n_components={k} must be strictly less than the number of features "
+                f"(n_features={n_features}): a rank as large as the data compresses nothing."
+            )
+        if max_samples and k > n_samples:
+            raise ValueError(
+                f"n_components={k} must be at most the number of rows "
+                f"(n_samples={n_samples})."
+            )
+
+    def _check_sample_weight(self, sample_weight, X):
+        if sample_weight is None:
+            return None
+        weight = _check_sample_weight(
+            sample_weight, X, dtype=np.float64, ensure_non_negative=True
+        )
+        if not np.all(np.isfinite(weight)):
+            raise ValueError("sample_weight contains NaN or infinity.")
+        if weight.sum() <= 0:
+            raise ValueError("sample_weight sums to zero: at least one row needs weight.")
+        return weight
+
+    def transform(self, X):
+        """Encode rows of ``X`` as ``n_components`` latent values each.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_components)
+        """
+        check_is_fitted(self)
+        return self._encode(self._validate_rows(X, reset=False))
+
+    def inverse_transform(self, X):
+        """Decode latent codes back to rows of the original space.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_components)
+
+        Returns
+        -------
+        X_original : ndarray of shape (n_samples, n_features_in_)
+        """
+        check_is_fitted(self)
+        _check_numeric(X)
+        codes = check_array(X, dtype=list(FLOAT_DTYPES))
+        if codes.shape[1] != self.n_components:
+            raise ValueError(
+                f"inverse_transform expects {self.n_components} columns (n_components), "
+                f"got {codes.shape[1]}."
+            )
+        return self._decode(codes)
+
+    def score(self, X, y=None, sample_weight=None):
+        """Mean cosine similarity between each row and its reconstruction.
+
+        Higher is better (at most 1.0), so model selection maximises it.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : None
+            Ignored.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the rows in the mean.
+
+        Returns
+        -------
+        score : float
+        """
+        check_is_fitted(self)
+        X = self._validate_rows(X, reset=False)
+        weight = self._check_sample_weight(sample_weight, X)
+        return mean_cosine_similarity(X, self._decode(self._encode(X)), weight)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+def _check_numeric(X):
+    kind = getattr(getattr(X, "dtype", None), "kind", None)
+    if kind in ("U", "S"):
+        raise TypeError(f"X must hold numbers, got an array of dtype {X.dtype}.")

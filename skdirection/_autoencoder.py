@@ -149,6 +149,7 @@ class DirectionAutoEncoder(BaseCompressor):
     True
     """
 
+    _fitted_marker = "decoder_coefs_"
     _parameter_constraints = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "hidden_layer_sizes": [tuple, list],
@@ -273,20 +274,25 @@ class DirectionAutoEncoder(BaseCompressor):
                 rmse_weight=self.rmse_weight,
             )
 
-        self.loss_curve_ = train(
-            net,
-            batch_loss,
-            rows,
-            row_weight,
-            max_iter=self.max_iter,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            lr_step_size=self.lr_step_size,
-            lr_decay=self.lr_decay,
-            generator=generator,
-            verbose=self.verbose,
-            description=type(self).__name__,
-        )
+        try:
+            loss_curve = train(
+                net,
+                batch_loss,
+                rows,
+                row_weight,
+                max_iter=self.max_iter,
+                batch_size=self.batch_size,
+                learning_rate=self.learning_rate,
+                lr_step_size=self.lr_step_size,
+                lr_decay=self.lr_decay,
+                generator=generator,
+                verbose=self.verbose,
+                description=type(self).__name__,
+            )
+        except BaseException:
+            self._discard_fitted_state()
+            raise
+        self.loss_curve_ = loss_curve
         self.n_iter_ = len(self.loss_curve_)
         self.best_loss_ = min(self.loss_curve_)
         self.encoder_coefs_ = _numpy(net.encoder_coefs)

@@ -14,8 +14,17 @@ class BaseCompressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     ``inverse_transform`` back, ``score`` as mean cosine, ``compress`` to a stored table.
 
     Subclasses implement ``fit``, ``_encode`` (validated rows to codes), ``_decode``
-    (codes to rows) and ``compress``.
+    (codes to rows) and ``compress``, and name in ``_fitted_marker`` the attribute that
+    exists once fitting has finished.
     """
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, self._fitted_marker)
+
+    def _discard_fitted_state(self):
+        """Leave the estimator unfitted, never half-written, after a failed fit."""
+        for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+            delattr(self, name)
 
     @property
     def _n_features_out(self):
@@ -46,8 +55,6 @@ class BaseCompressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         )
         if not np.all(np.isfinite(weight)):
             raise ValueError("sample_weight contains NaN or infinity.")
-        if weight.sum() <= 0:
-            raise ValueError("sample_weight sums to zero: at least one row needs weight.")
         return weight
 
     def transform(self, X):

@@ -160,6 +160,7 @@ class TruncatedSVDCompressor(BaseCompressor):
     330
     """
 
+    _fitted_marker = "components_"
     _parameter_constraints = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "algorithm": [StrOptions({"auto", "covariance_eigh", "randomized", "exact"})],
@@ -243,7 +244,9 @@ class TruncatedSVDCompressor(BaseCompressor):
                 )
             del rows
 
-        self.components_ = _flip_signs(components).cpu().numpy().astype(X.dtype)
+        self.components_ = np.ascontiguousarray(
+            _flip_signs(components).cpu().numpy(), dtype=X.dtype
+        )
         self.singular_values_ = singular_values.cpu().numpy().astype(X.dtype)
         self.mean_ = mean.cpu().numpy().astype(X.dtype) if self.center else None
         self.algorithm_ = algorithm

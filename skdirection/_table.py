@@ -86,14 +86,10 @@ class LowRankTable(CompressedTable):
         if intercepts is None:
             intercepts = [None] * len(coefs)
         self.activation = activation
-        self.latent = nn.Parameter(torch.as_tensor(latent), requires_grad=False)
-        self.coefs = nn.ParameterList(
-            [nn.Parameter(torch.as_tensor(c), requires_grad=False) for c in coefs]
-        )
+        self.latent = _frozen(latent)
+        self.coefs = nn.ParameterList([_frozen(c) for c in coefs])
         self.has_bias = [b is not None for b in intercepts]
-        self.intercepts = nn.ParameterList(
-            [nn.Parameter(torch.as_tensor(b), requires_grad=False) for b in intercepts if b is not None]
-        )
+        self.intercepts = nn.ParameterList([_frozen(b) for b in intercepts if b is not None])
 
     def decode(self, indices=None):
         rows = self.latent if indices is None else self.latent[indices]
@@ -129,6 +125,11 @@ class LowRankTable(CompressedTable):
         ]
         latent = torch.empty(n_rows, layer_sizes[0], dtype=dtype)
         return cls(latent, coefs, intercepts, activation)
+
+
+def _frozen(values):
+    # Contiguous storage makes decoding bit-identical before and after a save/load.
+    return nn.Parameter(torch.as_tensor(values).contiguous(), requires_grad=False)
 
 
 def save_table(table, path):

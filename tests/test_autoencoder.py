@@ -1,0 +1,178 @@
+import numpy as np
+import pytest
+import torch
+
+from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor
+from skdirection.metrics import row_cosine_similarity
+
+FAST = dict(max_iter=8, learning_rate=1e-2, lr_step_size=100, device="cpu", random_state=0)
+
+
+def test_paper_defaults():
+    params = DirectionAutoEncoder().get_params()
+    assert params["cosine_weight"] == pytest.approx(0.9975 / 5)
+    assert params["element_weight"] == 0.0025
+    assert (params["element_power_start"], params["element_power_end"]) == (1.0, 0.1)
+    assert params["element_power_epochs"] == 20
+    assert params["rmse_weight"] == 0.0
+    assert (params["max_iter"], params["batch_size"], params["learning_rate"]) == (30, 32, 1e-3)
+    assert (params["lr_step_size"], params["lr_decay"]) == (4, 0.5)
+    assert params["hidden_layer_sizes"] == () and params["latent_activation"] is None
+
+
+def test_fit_learns_directions(embeddings):
+    autoencoder = DirectionAutoEncoder(n_components=6, **FAST).fit(embeddings)
+    assert autoencoder.n_iter_ == 8 and len(autoencoder.loss_curve_) == 8
+    assert autoencoder.loss_curve_[-1] < autoencoder.loss_curve_[0]
+    assert autoencoder.best_loss_ == min(autoencoder.loss_curve_)
+    assert autoencoder.score(embeddings) > 0.9
+    assert autoencoder.device_ == "cpu"
+    assert [c.shape for c in autoencoder.encoder_coefs_] == [(24, 6)]
+    assert [c.shape for c in autoencoder.decoder_coefs_] == [(6, 24)]
+
+
+def test_same_seed_same_model(embeddings):
+    first = DirectionAutoEncoder(n_components=4, **FAST).fit(embeddings)
+    second = DirectionAutoEncoder(n_components=4, **FAST).fit(embeddings)
+    np.testing.assert_array_equal(first.transform(embeddings), second.transform(embeddings))
+    other = DirectionAutoEncoder(n_components=4, **{**FAST, "random_state": 1}).fit(embeddings)
+    assert not np.array_equal(first.transform(embeddings), other.transform(embeddings))
+
+
+def test_fit_leaves_torch_global_rng_alone(embeddings):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    DirectionAutoEncoder(n_components=2, **FAST).fit(embeddings)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_direction_loss_beats_svd_on_cosine_at_equal_rank(embeddings):
+    # On rows of very different norms the SVD spends its rank on the long rows.
+    rng = np.random.RandomState(1)
+    X = embeddings * rng.lognormal(0, 1.5, size=(embeddings.shape[0], 1)).astype(np.float32)
+    svd = TruncatedSVDCompressor(n_components=3, device="cpu").fit(X)
+    autoencoder = DirectionAutoEncoder(n_components=3, **{**FAST, "max_iter": 30}).fit(X)
+    assert autoencoder.score(X) > svd.score(X)
+
+
+def test_sample_weight_favours_heavy_rows(embeddings):
+    weight = np.ones(len(embeddings))
+    weight[:30] = 200.0
+    params = {**FAST, "max_iter": 30}
+    plain = DirectionAutoEncoder(n_components=2, **params).fit(embeddings)
+    weighted = DirectionAutoEncoder(n_components=2, **params).fit(embeddings, sample_weight=weight)
+    heavy = embeddings[:30]
+    assert weighted.score(heavy) > plain.score(heavy)
+
+
+def test_zero_weight_rows_are_ignored(embeddings):
+    weight = np.ones(len(embeddings))
+    weight[::2] = 0
+    assert np.isfinite(
+        DirectionAutoEncoder(n_components=2, **FAST).fit(embeddings, sample_weight=weight).score(
+            embeddings
+        )
+    )
+
+
+def test_non_linear_variant_and_hidden_layers(embeddings):
+    autoencoder = DirectionAutoEncoder(
+        n_components=4, hidden_layer_sizes=(12,), latent_activation="elu", **FAST
+    ).fit(embeddings)
+    assert [c.shape for c in autoencoder.decoder_coefs_] == [(4, 12), (12, 24)]
+    codes = autoencoder.transform(embeddings)
+    assert codes.min() >= -1.0  # ELU's lower bound
+    table = autoencoder.compress(embeddings)
+    np.testing.assert_allclose(
+        table.decode().numpy(), autoencoder.inverse_transform(codes), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_compress_counts_latent_and_decoder_only(embeddings):
+    autoencoder = DirectionAutoEncoder(n_components=5, **FAST).fit(embeddings)
+    table = autoencoder.compress(embeddings)
+    n, d = embeddings.shape
+    assert table.n_parameters == n * 5 + 5 * d + d
+    assert table.n_bytes == 4 * table.n_parameters
+    rows = torch.tensor([3, 0, 7])
+    np.testing.assert_allclose(
+        table(rows).numpy(),
+        autoencoder.inverse_transform(autoencoder.transform(embeddings[[3, 0, 7]])),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_verbose_shows_progress(embeddings, capsys):
+    DirectionAutoEncoder(n_components=2, **{**FAST, "max_iter": 2, "verbose": 1}).fit(embeddings)
+    assert "DirectionAutoEncoder" in capsys.readouterr().err
+
+
+def test_all_zero_loss_weights_rejected(embeddings):
+    with pytest.raises(ValueError, match="all zero"):
+        DirectionAutoEncoder(
+            n_components=2, cosine_weight=0, element_weight=0, rmse_weight=0, **FAST
+        ).fit(embeddings)
+
+
+def test_zero_rows_reconstruct_finite(embeddings):
+    X = embeddings.copy()
+    X[:5] = 0
+    autoencoder = DirectionAutoEncoder(n_components=3, **FAST).fit(X)
+    assert np.all(np.isfinite(autoencoder.inverse_transform(autoencoder.transform(X))))
+
+
+def test_interrupt_keeps_best_epoch(embeddings, monkeypatch):
+    import skdirection._training as training
+
+    calls = {"n": 0}
+    real_step = torch.optim.Adam.step
+
+    def step_then_interrupt(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 25:  # 300 rows / 32 = 10 steps an epoch: interrupt in epoch 3
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(training.torch.optim.Adam, "step", step_then_interrupt)
+    with pytest.warns(RuntimeWarning, match="interrupted after 2 epoch"):
+        autoencoder = DirectionAutoEncoder(n_components=3, **FAST).fit(embeddings)
+    assert autoencoder.n_iter_ == 2
+    assert np.all(np.isfinite(autoencoder.transform(embeddings)))
+
+
+def test_interrupt_in_first_epoch_leaves_estimator_unfitted(embeddings, monkeypatch):
+    from sklearn.exceptions import NotFittedError
+
+    def interrupt(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.optim.Adam, "step", interrupt)
+    autoencoder = DirectionAutoEncoder(n_components=3, **FAST)
+    with pytest.raises(KeyboardInterrupt):
+        autoencoder.fit(embeddings)
+    with pytest.raises(NotFittedError):
+        autoencoder.transform(embeddings)
+    assert not [name for name in vars(autoencoder) if name.endswith("_")]
+
+
+def test_reconstruction_cosine_is_per_row(embeddings):
+    autoencoder = DirectionAutoEncoder(n_components=6, **FAST).fit(embeddings)
+    similarity = row_cosine_similarity(
+        embeddings, autoencoder.inverse_transform(autoencoder.transform(embeddings))
+    )
+    assert similarity.mean() == pytest.approx(autoencoder.score(embeddings), rel=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fit_returns_numpy_and_pickles_for_cpu(embeddings):
+    import pickle
+
+    autoencoder = DirectionAutoEncoder(n_components=4, **{**FAST, "device": "cuda"}).fit(
+        embeddings
+    )
+    assert autoencoder.device_.startswith("cuda")
+    assert isinstance(autoencoder.transform(embeddings), np.ndarray)
+    restored = pickle.loads(pickle.dumps(autoencoder))
+    assert all(isinstance(c, np.ndarray) for c in restored.decoder_coefs_)

@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from skdirection._losses import annealed_power, cosine_distance, direction_loss, element_error
+
+
+def test_paper_power_schedule():
+    # alpha = 1 - 0.9 * epoch / 20, then 0.1 (method.md)
+    assert annealed_power(0, 1.0, 0.1, 20) == pytest.approx(1.0)
+    assert annealed_power(10, 1.0, 0.1, 20) == pytest.approx(0.55)
+    assert annealed_power(20, 1.0, 0.1, 20) == pytest.approx(0.1)
+    assert annealed_power(29, 1.0, 0.1, 20) == pytest.approx(0.1)
+
+
+def test_cosine_distance_ignores_scale_and_sees_direction():
+    x = torch.tensor([[1.0, 2.0], [1.0, 0.0]])
+    assert torch.allclose(cosine_distance(3 * x, x), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(cosine_distance(-x, x), torch.full((2,), 2.0))
+
+
+def test_element_error_matches_definition():
+    x, x_hat = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, -4.0]])
+    expected = ((1 + 1e-10) ** 0.5 + (4 + 1e-10) ** 0.5) / 2
+    assert element_error(x_hat, x, 0.5).item() == pytest.approx(expected)
+
+
+def test_weights_select_rows():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    x_hat = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # second row orthogonal: distance 1
+    kwargs = dict(cosine_weight=1.0, element_weight=0.0, element_power=1.0, rmse_weight=0.0)
+    only_first = direction_loss(x_hat, x, torch.tensor([2.0, 0.0]), **kwargs)
+    only_second = direction_loss(x_hat, x, torch.tensor([0.0, 2.0]), **kwargs)
+    assert only_first.item() == pytest.approx(0.0, abs=1e-6)
+    assert only_second.item() == pytest.approx(1.0)

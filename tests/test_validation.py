@@ -1,0 +1,118 @@
+"""Bad input gets a clear error naming the problem."""
+
+import numpy as np
+import pytest
+import torch
+
+from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor
+
+ESTIMATORS = [
+    lambda **kw: DirectionAutoEncoder(**{"max_iter": 1, "device": "cpu", "random_state": 0, **kw}),
+    lambda **kw: TruncatedSVDCompressor(**{"device": "cpu", "random_state": 0, **kw}),
+]
+ids = ["autoencoder", "svd"]
+X = np.random.RandomState(0).normal(size=(40, 6)).astype(np.float32)
+
+
+@pytest.fixture(params=ESTIMATORS, ids=ids)
+def make(request):
+    return request.param
+
+
+@pytest.mark.parametrize("bad, message", [(np.nan, "NaN"), (np.inf, "infinity")])
+def test_non_finite_values(make, bad, message):
+    X_bad = X.copy()
+    X_bad[3, 2] = bad
+    with pytest.raises(ValueError, match=message):
+        make().fit(X_bad)
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [((10,), "Expected 2D array"), ((4, 3, 2), "dim 3"), ((0, 6), "0 sample")],
+)
+def test_wrong_dimensions_and_empty(make, shape, message):
+    with pytest.raises(ValueError, match=message):
+        make().fit(np.ones(shape))
+
+
+@pytest.mark.parametrize("k", [6, 7])
+def test_n_components_too_large(make, k):
+    with pytest.raises(ValueError, match=rf"n_components={k} must be strictly less"):
+        make(n_components=k).fit(X)
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_n_components_too_small(make, k):
+    with pytest.raises(ValueError, match="n_components"):
+        make(n_components=k).fit(X)
+
+
+def test_n_components_not_an_int(make):
+    with pytest.raises(ValueError, match="n_components"):
+        make(n_components=2.5).fit(X)
+
+
+def test_strings_rejected(make):
+    with pytest.raises(TypeError, match="must hold numbers"):
+        make().fit(np.array([["a", "b"], ["c", "d"]]))
+
+
+def test_object_strings_rejected(make):
+    with pytest.raises(ValueError, match="could not convert string to float"):
+        make().fit(np.array([["a", "b", "c"]] * 4, dtype=object))
+
+
+def test_negative_sample_weight(make):
+    weight = np.ones(len(X))
+    weight[0] = -1
+    with pytest.raises(ValueError, match="Negative values in data passed to `sample_weight`"):
+        make().fit(X, sample_weight=weight)
+
+
+def test_wrong_length_sample_weight(make):
+    with pytest.raises(ValueError, match=r"sample_weight.shape == \(39,\), expected \(40,\)"):
+        make().fit(X, sample_weight=np.ones(39))
+
+
+def test_all_zero_sample_weight(make):
+    with pytest.raises(ValueError, match="at least one non-zero"):
+        make().fit(X, sample_weight=np.zeros(len(X)))
+
+
+def test_nan_sample_weight(make):
+    weight = np.ones(len(X))
+    weight[1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        make().fit(X, sample_weight=weight)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda(make):
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        make(device="cuda").fit(X)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "npu"])
+def test_unknown_device(make, device):
+    with pytest.raises(ValueError, match="device"):
+        make(device=device).fit(X)
+
+
+def test_transform_with_other_feature_count(make):
+    model = make().fit(X)
+    with pytest.raises(ValueError, match="X has 5 features, but .* is expecting 6 features"):
+        model.transform(X[:, :5])
+
+
+def test_inverse_transform_with_wrong_code_width(make):
+    model = make().fit(X)
+    with pytest.raises(ValueError, match="expects 2 columns"):
+        model.inverse_transform(np.ones((3, 3)))
+
+
+def test_transform_before_fit(make):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        make().transform(X)

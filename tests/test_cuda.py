@@ -1,0 +1,49 @@
+"""The CUDA path: runs where a GPU is present, skipped elsewhere."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+FAST = dict(max_iter=5, learning_rate=1e-2, lr_step_size=100, random_state=0)
+
+
+def test_auto_device_picks_cuda(embeddings):
+    autoencoder = DirectionAutoEncoder(3, **FAST).fit(embeddings)
+    assert autoencoder.device_.startswith("cuda")
+    assert isinstance(autoencoder.transform(embeddings), np.ndarray)
+
+
+def test_cuda_fit_is_reproducible(embeddings):
+    first = DirectionAutoEncoder(3, device="cuda", **FAST).fit(embeddings)
+    second = DirectionAutoEncoder(3, device="cuda", **FAST).fit(embeddings)
+    np.testing.assert_array_equal(first.transform(embeddings), second.transform(embeddings))
+
+
+def test_cuda_and_cpu_autoencoders_reach_the_same_quality(embeddings):
+    params = {**FAST, "max_iter": 20}
+    gpu = DirectionAutoEncoder(4, device="cuda", **params).fit(embeddings).score(embeddings)
+    cpu = DirectionAutoEncoder(4, device="cpu", **params).fit(embeddings).score(embeddings)
+    assert gpu == pytest.approx(cpu, abs=0.02)
+
+
+@pytest.mark.parametrize("algorithm", ["covariance_eigh", "randomized", "exact"])
+def test_cuda_svd_matches_cpu(embeddings, algorithm):
+    X = embeddings.astype(np.float64)
+    gpu = TruncatedSVDCompressor(4, algorithm=algorithm, device="cuda", random_state=0).fit(X)
+    cpu = TruncatedSVDCompressor(4, algorithm=algorithm, device="cpu", random_state=0).fit(X)
+    assert gpu.device_.startswith("cuda")
+    np.testing.assert_allclose(gpu.singular_values_, cpu.singular_values_, rtol=1e-6)
+    np.testing.assert_allclose(gpu.components_, cpu.components_, atol=1e-6)
+
+
+def test_cuda_model_pickles_without_tensors(embeddings):
+    autoencoder = DirectionAutoEncoder(3, device="cuda", **FAST).fit(embeddings)
+    payload = pickle.dumps(autoencoder)
+    restored = pickle.loads(payload)
+    assert b"torch" not in payload
+    np.testing.assert_array_equal(restored.transform(embeddings), autoencoder.transform(embeddings))

@@ -134,7 +134,7 @@ class DirectionAutoEncoder(BaseCompressor):
         Seeds the weight initialisation and the shuffling. Same seed, data and device
         give the same model.
 
-        Tables larger than about 128 MB of float32 are streamed in chunks of rows
+        Tables larger than about 256 MB of float32 are streamed in chunks of rows
         (from disk, for a ``numpy.memmap``): the chunk order and the rows within each
         chunk are shuffled every epoch.
     verbose : int, default=0

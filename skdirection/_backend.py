@@ -85,8 +85,12 @@ def map_rows(function, X, device, out_dtype, chunk_rows=None, dtype=torch.float3
     return out
 
 
-# Rows per chunk are chosen so that one chunk holds about this many bytes (as float32).
-CHUNK_BYTES = 2**27
+# Rows per streamed chunk are chosen so that one chunk holds about this many bytes (as
+# float32): small enough that a few float64 copies stay well under 1 GB.
+CHUNK_BYTES = 2**26
+# Training keeps a table of up to this many bytes (as float32) on the device and
+# shuffles it whole; a larger one is streamed chunk by chunk.
+RESIDENT_BYTES = 2**28
 
 
 def chunk_rows_for(n_features):

@@ -28,9 +28,12 @@ def _weighted_sums(source, weight, device, dtype, with_gram=True):
     for start, rows in source.chunks():
         rows = as_tensor(rows, device, dtype)
         if weight is None:
-            w = torch.ones(rows.shape[0], dtype=dtype, device=device)
-        else:
-            w = as_tensor(weight[start : start + rows.shape[0]], device, dtype)
+            total += rows.shape[0]
+            sums += rows.sum(dim=0)
+            if with_gram:
+                gram += rows.T @ rows
+            continue
+        w = as_tensor(weight[start : start + rows.shape[0]], device, dtype)
         total += w.sum()
         sums += w @ rows
         if with_gram:

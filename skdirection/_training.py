@@ -7,14 +7,15 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
+from . import _backend
 from ._backend import as_tensor, chunk_rows_for
 
 
 class ShuffledBatches:
     """Mini-batches of a :class:`RowSource`, reshuffled every epoch.
 
-    A source of at most one chunk is loaded on the device once and shuffled as a whole.
-    A larger one is streamed: the chunk order is shuffled, then the rows within each
+    A source of up to 256 MB (as float32) is loaded on the device once and shuffled as
+    a whole. A larger one is streamed: the chunk order is shuffled, then the rows within each
     chunk, so only one chunk is in memory (and on the device) at a time.
 
     Parameters
@@ -26,7 +27,7 @@ class ShuffledBatches:
     generator : torch.Generator
     device : torch.device
     chunk_rows : int or None
-        Rows per streamed chunk; by default about 128 MB of float32 rows.
+        Rows per streamed chunk; by default about 64 MB of float32 rows.
     """
 
     def __init__(self, source, weight, batch_size, generator, device, chunk_rows=None):
@@ -37,7 +38,7 @@ class ShuffledBatches:
         self.device = device
         self.chunk_rows = chunk_rows or chunk_rows_for(source.n_features)
         self._resident = None
-        if source.n_rows <= self.chunk_rows:
+        if source.n_rows * source.n_features * 4 <= _backend.RESIDENT_BYTES:
             self._resident = as_tensor(source.read(0, source.n_rows), device)
 
     def _permutation(self, n):

@@ -23,6 +23,7 @@ def memmapped(embeddings, tmp_path):
 def small_chunks(monkeypatch):
     """Chunks of 70 rows (of 24 float32 features): the 300-row table streams in 5."""
     monkeypatch.setattr(backend, "CHUNK_BYTES", 70 * 24 * 4)
+    monkeypatch.setattr(backend, "RESIDENT_BYTES", 70 * 24 * 4)
 
 
 def test_memmap_rows_are_read_from_the_file(memmapped, embeddings):

@@ -78,7 +78,11 @@ def main():
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dir", default=tempfile.gettempdir())
     parser.add_argument("--worker", nargs=2, metavar=("PATH", "ESTIMATOR"), help=argparse.SUPPRESS)
+    parser.add_argument("--make", nargs=2, metavar=("PATH", "ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make:
+        write_table(args.make[0], int(args.make[1]))
+        return
     if args.worker:
         worker(*args.worker, args.device, args.k, args.max_iter, args.threads)
         return
@@ -100,7 +104,10 @@ def main():
     run("", 0, "import")
     for n_rows in args.rows:
         path = Path(args.dir) / f"bench_scale_{n_rows}.npy"
-        write_table(path, n_rows)
+        # Written by another process: Linux keeps ru_maxrss across fork and exec, so
+        # pages this process touched would count in every worker's peak.
+        subprocess.run([sys.executable, __file__, "--make", str(path), str(n_rows)],
+                       check=True)
         try:
             for estimator in args.estimators:
                 run(path, n_rows, estimator)

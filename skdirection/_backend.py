@@ -1,5 +1,7 @@
 """Torch backend: device resolution, tensor conversion and chunked row mapping."""
 
+import mmap
+
 import numpy as np
 import torch
 
@@ -64,16 +66,124 @@ def as_tensor(X, device, dtype=torch.float32):
     return torch.from_numpy(X).to(device=device, dtype=dtype)
 
 
-def map_rows(function, X, device, out_dtype, chunk_rows=65536, dtype=torch.float32):
+def map_rows(function, X, device, out_dtype, chunk_rows=None, dtype=torch.float32):
     """Apply a torch function to the rows of ``X`` chunk by chunk; return numpy.
 
-    Only one chunk at a time is on the device, so a memory-mapped ``X`` streams.
+    Only one chunk at a time is on the device, and the output is written in place, so
+    a memory-mapped ``X`` (or a :class:`RowSource`) streams.
     """
-    pieces = []
+    source = X if isinstance(X, RowSource) else RowSource(X)
+    out = None
     with torch.no_grad():
-        for start in range(0, X.shape[0], chunk_rows):
-            rows = as_tensor(X[start : start + chunk_rows], device, dtype)
-            pieces.append(function(rows).cpu().numpy())
-    if not pieces:
+        for start, rows in source.chunks(chunk_rows):
+            result = function(as_tensor(rows, device, dtype)).cpu().numpy()
+            if out is None:
+                out = np.empty((source.n_rows, result.shape[1]), dtype=out_dtype)
+            out[start : start + len(result)] = result
+    if out is None:
         return np.empty((0, 0), dtype=out_dtype)
-    return np.concatenate(pieces).astype(out_dtype, copy=False)
+    return out
+
+
+# Rows per streamed chunk are chosen so that one chunk holds about this many bytes (as
+# float32): small enough that a few float64 copies stay well under 1 GB.
+CHUNK_BYTES = 2**26
+# Training keeps a table of up to this many bytes (as float32) on the device and
+# shuffles it whole; a larger one is streamed chunk by chunk.
+RESIDENT_BYTES = 2**28
+
+
+def chunk_rows_for(n_features):
+    """Rows in one streamed chunk of a table with ``n_features`` columns."""
+    return max(1, CHUNK_BYTES // (4 * max(1, n_features)))
+
+
+def file_backing(X):
+    """``(filename, offset)`` of a whole-file, C-ordered ``numpy.memmap``, else ``None``."""
+    if (
+        isinstance(X, np.memmap)
+        and isinstance(X.base, mmap.mmap)
+        and X.ndim == 2
+        and X.flags.c_contiguous
+        and getattr(X, "filename", None)
+    ):
+        return X.filename, X.offset
+    return None
+
+
+class RowSource:
+    """The rows of a 2-D table, read one chunk at a time.
+
+    Rows of a whole-file memmap are read with ordinary file reads rather than through
+    the mapping: pages touched through a mapping stay in the process's resident memory,
+    so a table larger than RAM would not stream. ``n_rows`` may exceed the table: rows
+    past its end read as zeros (a shard padded to equal size).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_table_rows, n_features)
+        The validated table.
+    backing : tuple or None
+        ``file_backing`` of the array the user passed; used only when ``X`` still views
+        that file's data.
+    start, stop : int
+        The rows ``[start, stop)`` of ``X`` that this source serves.
+    check_finite : bool
+        Check each chunk for NaN and infinity as it is read.
+    """
+
+    def __init__(self, X, backing=None, *, start=0, stop=None, check_finite=False):
+        self.X = X
+        self.backing = backing
+        self.start = start
+        self.stop = X.shape[0] if stop is None else stop
+        self.check_finite = check_finite
+
+    @property
+    def n_rows(self):
+        return self.stop - self.start
+
+    @property
+    def n_features(self):
+        return self.X.shape[1]
+
+    @property
+    def dtype(self):
+        return self.X.dtype
+
+    def read(self, start, stop):
+        """Rows ``[start, stop)`` of this source as an in-memory array."""
+        first, last = self.start + start, min(self.start + stop, self.X.shape[0])
+        if self.backing is not None and last > first:
+            filename, offset = self.backing
+            row_bytes = self.n_features * self.X.dtype.itemsize
+            with open(filename, "rb") as handle:
+                handle.seek(offset + first * row_bytes)
+                rows = np.fromfile(handle, self.X.dtype, (last - first) * self.n_features)
+            rows = rows.reshape(last - first, self.n_features)
+        else:
+            rows = np.ascontiguousarray(self.X[first:max(first, last)])
+        if self.check_finite and not np.all(np.isfinite(rows)):
+            raise ValueError("Input X contains NaN or infinity.")
+        missing = (stop - start) - rows.shape[0]
+        if missing > 0:
+            rows = np.concatenate([rows, np.zeros((missing, self.n_features), rows.dtype)])
+        return rows
+
+    def chunks(self, chunk_rows=None):
+        """Yield ``(start, rows)`` over the whole source, in order."""
+        chunk_rows = chunk_rows or chunk_rows_for(self.n_features)
+        for start in range(0, self.n_rows, chunk_rows):
+            yield start, self.read(start, min(start + chunk_rows, self.n_rows))
+
+
+def as_source(X, original=None, **kwargs):
+    """A :class:`RowSource` over validated ``X``.
+
+    It reads from ``original``'s file when ``original`` is a whole-file memmap and
+    validation kept ``X`` a view of it (no dtype conversion, no copy).
+    """
+    backing = file_backing(original)
+    if backing is not None and not (X.dtype == original.dtype and np.may_share_memory(X, original)):
+        backing = None
+    return RowSource(X, backing, **kwargs)

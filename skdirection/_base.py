@@ -4,7 +4,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, validate_data
 
-from .metrics import mean_cosine_similarity
+from ._backend import RowSource, as_source, file_backing
+from .metrics import row_cosine_similarity
 
 FLOAT_DTYPES = (np.float64, np.float32)
 
@@ -33,6 +34,19 @@ class BaseCompressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def _validate_rows(self, X, *, reset):
         _check_numeric(X)
         return validate_data(self, X, dtype=list(FLOAT_DTYPES), reset=reset)
+
+    def _validate_source(self, X, *, reset):
+        """Validated rows of ``X`` as a :class:`RowSource` that streams a memmap.
+
+        A whole-file memmap is neither copied nor scanned here: its rows are checked
+        for NaN and infinity chunk by chunk as they are read.
+        """
+        _check_numeric(X)
+        streamed = file_backing(X) is not None
+        rows = validate_data(
+            self, X, dtype=list(FLOAT_DTYPES), reset=reset, ensure_all_finite=not streamed
+        )
+        return as_source(rows, X if streamed else None, check_finite=streamed)
 
     def _validate_n_components(self, n_samples, n_features, *, max_samples=False):
         k = self.n_components
@@ -69,7 +83,7 @@ class BaseCompressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         X_new : ndarray of shape (n_samples, n_components)
         """
         check_is_fitted(self)
-        return self._encode(self._validate_rows(X, reset=False))
+        return self._encode(self._validate_source(X, reset=False))
 
     def inverse_transform(self, X):
         """Decode latent codes back to rows of the original space.
@@ -110,9 +124,13 @@ class BaseCompressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         score : float
         """
         check_is_fitted(self)
-        X = self._validate_rows(X, reset=False)
-        weight = self._check_sample_weight(sample_weight, X)
-        return mean_cosine_similarity(X, self._decode(self._encode(X)), weight)
+        source = self._validate_source(X, reset=False)
+        weight = self._check_sample_weight(sample_weight, source.X)
+        similarity = np.empty(source.n_rows)
+        for start, rows in source.chunks():
+            decoded = self._decode(self._encode(RowSource(rows)))
+            similarity[start : start + len(rows)] = row_cosine_similarity(rows, decoded)
+        return float(np.average(similarity, weights=weight))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -17,20 +17,23 @@ _CHUNK_ROWS = 65536
 _MAX_COVARIANCE_FEATURES = 4096
 
 
-def _weighted_sums(X, weight, device, dtype, with_gram=True):
+def _weighted_sums(source, weight, device, dtype, with_gram=True):
     """Total weight, weighted column sums and weighted Gram matrix, streamed in chunks."""
-    n_features = X.shape[1]
+    n_features = source.n_features
     total = torch.zeros((), dtype=dtype, device=device)
     sums = torch.zeros(n_features, dtype=dtype, device=device)
     gram = None
     if with_gram:
         gram = torch.zeros(n_features, n_features, dtype=dtype, device=device)
-    for start in range(0, X.shape[0], _CHUNK_ROWS):
-        rows = as_tensor(X[start : start + _CHUNK_ROWS], device, dtype)
+    for start, rows in source.chunks():
+        rows = as_tensor(rows, device, dtype)
         if weight is None:
-            w = torch.ones(rows.shape[0], dtype=dtype, device=device)
-        else:
-            w = as_tensor(weight[start : start + _CHUNK_ROWS], device, dtype)
+            total += rows.shape[0]
+            sums += rows.sum(dim=0)
+            if with_gram:
+                gram += rows.T @ rows
+            continue
+        w = as_tensor(weight[start : start + rows.shape[0]], device, dtype)
         total += w.sum()
         sums += w @ rows
         if with_gram:
@@ -38,8 +41,7 @@ def _weighted_sums(X, weight, device, dtype, with_gram=True):
     return total, sums, gram
 
 
-def _covariance_eigh(X, weight, center, k, device):
-    total, sums, gram = _weighted_sums(X, weight, device, torch.float64)
+def _covariance_eigh(total, sums, gram, center, k):
     mean = sums / total
     if center:
         gram = gram - total * torch.outer(mean, mean)
@@ -208,7 +210,8 @@ class TruncatedSVDCompressor(BaseCompressor):
         self : object
             The fitted estimator.
         """
-        X = self._validate_rows(X, reset=True)
+        source = self._validate_source(X, reset=True)
+        X = source.X
         weight = self._check_sample_weight(sample_weight, X)
         n_samples, n_features = X.shape
         self._validate_n_components(n_samples, n_features, max_samples=True)
@@ -220,39 +223,99 @@ class TruncatedSVDCompressor(BaseCompressor):
             else:
                 algorithm = "randomized"
 
-        k = self.n_components
         if algorithm == "covariance_eigh":
-            singular_values, components, mean = _covariance_eigh(
-                X, weight, self.center, k, device
-            )
-        else:
-            dtype = torch.float64 if X.dtype == np.float64 else torch.float32
-            mean = None
-            if self.center:
-                total, sums, _ = _weighted_sums(
-                    X, weight, device, torch.float64, with_gram=False
-                )
-                mean = sums / total
-            rows = _scaled_rows(X, weight, mean, device, dtype)
-            if algorithm == "exact":
-                _, singular_values, vt = torch.linalg.svd(rows, full_matrices=False)
-                singular_values, components = singular_values[:k], vt[:k]
-            else:
-                generator = torch_generator(check_random_state(self.random_state), device)
-                singular_values, components = _randomized(
-                    rows, k, self.n_oversamples, self.n_iter, generator
-                )
-            del rows
+            total, sums, gram = _weighted_sums(source, weight, device, torch.float64)
+            self._solve_covariance(total, sums, gram, X.dtype, device)
+            return self
 
-        self.components_ = np.ascontiguousarray(
-            _flip_signs(components).cpu().numpy(), dtype=X.dtype
-        )
-        self.singular_values_ = singular_values.cpu().numpy().astype(X.dtype)
-        self.mean_ = mean.cpu().numpy().astype(X.dtype) if self.center else None
-        self.algorithm_ = algorithm
-        self.device_ = str(device)
+        k = self.n_components
+        dtype = torch.float64 if X.dtype == np.float64 else torch.float32
+        mean = None
+        if self.center:
+            total, sums, _ = _weighted_sums(source, weight, device, torch.float64,
+                                            with_gram=False)
+            mean = sums / total
+        rows = _scaled_rows(X, weight, mean, device, dtype)
+        if algorithm == "exact":
+            _, singular_values, vt = torch.linalg.svd(rows, full_matrices=False)
+            singular_values, components = singular_values[:k], vt[:k]
+        else:
+            generator = torch_generator(check_random_state(self.random_state), device)
+            singular_values, components = _randomized(
+                rows, k, self.n_oversamples, self.n_iter, generator
+            )
+        del rows
+        for name in ("_total", "_sums", "_gram"):
+            self.__dict__.pop(name, None)
+        self._set_solution(singular_values, components, mean, X.dtype, algorithm, device)
         self._set_explained_variance(X, weight)
         return self
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """Add the rows of ``X`` to the fit: the basis of all rows seen so far.
+
+        Every call adds the chunk's weighted Gram matrix, column sums and total weight
+        (float64, ``n_features x n_features``) to running totals and solves their
+        eigenproblem, so after the last chunk the model equals ``fit`` on all the rows
+        with ``algorithm="covariance_eigh"``, whatever the chunking.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            A chunk of rows.
+        y : None
+            Ignored.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Row weights.
+
+        Returns
+        -------
+        self : object
+            The estimator, fitted on every row seen so far.
+        """
+        first = not hasattr(self, "_gram")
+        if first:
+            self._validate_params()
+        source = self._validate_source(X, reset=first)
+        weight = self._check_sample_weight(sample_weight, source.X)
+        device = resolve_device(self.device)
+        total, sums, gram = _weighted_sums(source, weight, device, torch.float64)
+        if not first:
+            total = total + float(self._total)
+            sums = sums + torch.from_numpy(self._sums).to(device)
+            gram = gram + torch.from_numpy(self._gram).to(device)
+        self._validate_n_components(source.n_rows, source.n_features)
+        self._solve_covariance(total, sums, gram, source.dtype, device)
+        return self
+
+    def _solve_covariance(self, total, sums, gram, dtype, device):
+        self._total = float(total)
+        self._sums = sums.cpu().numpy()
+        self._gram = gram.cpu().numpy()
+        singular_values, components, mean = _covariance_eigh(
+            total, sums, gram, self.center, self.n_components
+        )
+        self._set_solution(singular_values, components, mean, dtype, "covariance_eigh", device)
+        # The weighted covariance gives every variance without another pass over X.
+        mean = sums / total
+        covariance = gram / total - torch.outer(mean, mean)
+        basis = torch.from_numpy(self.components_).to(device, torch.float64)
+        explained = ((basis @ covariance) * basis).sum(dim=1).clamp(min=0)
+        total_variance = torch.trace(covariance).clamp(min=0)
+        self.explained_variance_ = explained.cpu().numpy()
+        if total_variance > 0:
+            self.explained_variance_ratio_ = (explained / total_variance).cpu().numpy()
+        else:
+            self.explained_variance_ratio_ = np.zeros_like(self.explained_variance_)
+
+    def _set_solution(self, singular_values, components, mean, dtype, algorithm, device):
+        self.components_ = np.ascontiguousarray(
+            _flip_signs(components).cpu().numpy(), dtype=dtype
+        )
+        self.singular_values_ = singular_values.cpu().numpy().astype(dtype)
+        self.mean_ = mean.cpu().numpy().astype(dtype) if self.center else None
+        self.algorithm_ = algorithm
+        self.device_ = str(device)
 
     def _set_explained_variance(self, X, weight):
         codes = self._encode(X).astype(np.float64)

@@ -1,77 +1,155 @@
 """One mini-batch training loop for every torch-trained estimator."""
 
 import copy
+import math
 import warnings
 
 import torch
 from tqdm.auto import tqdm
 
+from . import _backend
+from ._backend import as_tensor, chunk_rows_for
 
-def train(
-    module,
-    batch_loss,
-    X,
-    weight,
-    *,
-    max_iter,
-    batch_size,
-    learning_rate,
-    lr_step_size,
-    lr_decay,
-    generator,
-    verbose=0,
-    description="fit",
-):
-    """Train ``module`` with Adam and a step schedule; keep the best epoch.
+
+class ShuffledBatches:
+    """Mini-batches of a :class:`RowSource`, reshuffled every epoch.
+
+    A source of up to 256 MB (as float32) is loaded on the device once and shuffled as
+    a whole. A larger one is streamed: the chunk order is shuffled, then the rows within each
+    chunk, so only one chunk is in memory (and on the device) at a time.
+
+    Parameters
+    ----------
+    source : RowSource
+    weight : torch.Tensor of shape (source.n_rows,)
+        Per-row loss weights on the device.
+    batch_size : int
+    generator : torch.Generator
+    device : torch.device
+    chunk_rows : int or None
+        Rows per streamed chunk; by default about 64 MB of float32 rows.
+    """
+
+    def __init__(self, source, weight, batch_size, generator, device, chunk_rows=None):
+        self.source = source
+        self.weight = weight
+        self.batch_size = batch_size
+        self.generator = generator
+        self.device = device
+        self.chunk_rows = chunk_rows or chunk_rows_for(source.n_features)
+        self._resident = None
+        if source.n_rows * source.n_features * 4 <= _backend.RESIDENT_BYTES:
+            self._resident = as_tensor(source.read(0, source.n_rows), device)
+
+    def _permutation(self, n):
+        order = torch.randperm(n, generator=self.generator, device=self.generator.device)
+        return order.to(self.device)
+
+    def __iter__(self):
+        n_rows = self.source.n_rows
+        if self._resident is not None:
+            chunks = [(0, self._resident)]
+        else:
+            n_chunks = math.ceil(n_rows / self.chunk_rows)
+            starts = (self._permutation(n_chunks).cpu() * self.chunk_rows).tolist()
+            chunks = (
+                (s, as_tensor(self.source.read(s, min(s + self.chunk_rows, n_rows)), self.device))
+                for s in starts
+            )
+        for start, rows in chunks:
+            weight = self.weight[start : start + rows.shape[0]]
+            order = self._permutation(rows.shape[0])
+            for first in range(0, rows.shape[0], self.batch_size):
+                batch = order[first : first + self.batch_size]
+                yield rows[batch], weight[batch]
+
+
+class Trainer:
+    """Adam with a step learning-rate schedule, kept across epochs and ``partial_fit`` calls.
 
     Parameters
     ----------
     module : torch.nn.Module
-        Trained in place. On return it holds the parameters of the epoch with the
-        lowest mean training loss, which is also what a ``KeyboardInterrupt`` leaves.
+        Trained in place (it may be a ``DistributedDataParallel`` wrapper).
     batch_loss : callable
         ``batch_loss(module, X_batch, weight_batch, epoch) -> scalar tensor``.
-    X, weight : torch.Tensor
-        Rows and their per-row weights, on the training device.
-    generator : torch.Generator
-        Drives the shuffling, so that a seed fixes the whole run.
+    reduce : callable or None
+        ``reduce(tensor) -> tensor`` summed over processes, for data-parallel training:
+        every process then sees the same epoch loss and takes the same decisions.
+    """
+
+    def __init__(self, module, batch_loss, *, learning_rate, lr_step_size, lr_decay,
+                 reduce=None):
+        self.module = module
+        self.batch_loss = batch_loss
+        self.reduce = reduce
+        self.optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=lr_step_size, gamma=lr_decay
+        )
+        self.epoch = 0
+
+    def run_epoch(self, batches):
+        """One pass over ``batches``; return its mean (weight-normalised) loss."""
+        totals = None
+        for rows, weight in batches:
+            loss = self.batch_loss(self.module, rows, weight, self.epoch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            step = torch.stack([loss.detach() * rows.shape[0], loss.new_tensor(rows.shape[0])])
+            totals = step if totals is None else totals + step
+        if totals is None:
+            raise ValueError("No rows to train on.")
+        if self.reduce is not None:
+            totals = self.reduce(totals)
+        self.scheduler.step()
+        epoch_loss = float(totals[0] / totals[1])
+        if not math.isfinite(epoch_loss):
+            raise FloatingPointError(
+                f"The training loss became {epoch_loss} at epoch {self.epoch}; "
+                "lower learning_rate."
+            )
+        self.epoch += 1
+        return epoch_loss
+
+
+def train(trainer, batches, *, max_iter, tol=0.0, n_iter_no_change=None, verbose=0,
+          description="fit"):
+    """Run up to ``max_iter`` epochs; keep the parameters of the best epoch.
+
+    Parameters
+    ----------
+    trainer : Trainer
+        On return its module holds the parameters of the epoch with the lowest mean
+        training loss, which is also what a ``KeyboardInterrupt`` leaves.
+    batches : iterable
+        Re-iterable: each iteration is one epoch of ``(rows, weight)`` batches.
+    tol, n_iter_no_change : float, int or None
+        Stop once ``n_iter_no_change`` epochs in a row have not lowered the best loss by
+        more than ``tol`` times its value. ``None`` runs all ``max_iter`` epochs.
 
     Returns
     -------
     loss_curve : list of float
         Mean training loss of each completed epoch.
     """
-    n_rows = X.shape[0]
-    optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate)
-    scheduler = torch.optim.lr_scheduler.StepLR(
-        optimizer, step_size=lr_step_size, gamma=lr_decay
-    )
+    module = trainer.module
     loss_curve = []
     best_loss, best_state = float("inf"), copy.deepcopy(module.state_dict())
+    stale = 0
     epochs = tqdm(range(max_iter), desc=description, disable=not verbose, leave=False)
     try:
-        for epoch in epochs:
-            order = torch.randperm(n_rows, generator=generator, device=generator.device)
-            order = order.to(X.device)
-            total = torch.zeros((), device=X.device)
-            for start in range(0, n_rows, batch_size):
-                rows = order[start : start + batch_size]
-                loss = batch_loss(module, X[rows], weight[rows], epoch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach() * rows.numel()
-            scheduler.step()
-            epoch_loss = float(total) / n_rows
-            if not torch.isfinite(torch.tensor(epoch_loss)):
-                raise FloatingPointError(
-                    f"The training loss became {epoch_loss} at epoch {epoch}; "
-                    "lower learning_rate."
-                )
+        for _ in epochs:
+            epoch_loss = trainer.run_epoch(batches)
             loss_curve.append(epoch_loss)
             epochs.set_postfix(loss=f"{epoch_loss:.5f}")
+            improved = not loss_curve[:-1] or epoch_loss < best_loss - tol * abs(best_loss)
             if epoch_loss < best_loss:
                 best_loss, best_state = epoch_loss, copy.deepcopy(module.state_dict())
+            stale = 0 if improved else stale + 1
+            if n_iter_no_change is not None and stale >= n_iter_no_change:
+                break
     except KeyboardInterrupt:
         if not loss_curve:
             raise

@@ -5,11 +5,15 @@ import torch
 from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor
 from skdirection.metrics import row_cosine_similarity
 
-FAST = dict(max_iter=8, learning_rate=1e-2, lr_step_size=100, device="cpu", random_state=0)
+# Mini-batches of 32 without a stopping rule, as the paper trains, but fewer epochs.
+FAST = dict(max_iter=8, batch_size=32, n_iter_no_change=None, learning_rate=1e-2,
+            lr_step_size=100, device="cpu", random_state=0)
 
 
-def test_paper_defaults():
-    params = DirectionAutoEncoder().get_params()
+def test_paper_parameter_set():
+    params = DirectionAutoEncoder.paper().get_params()
+    assert params["init"] == "random" and params["n_iter_no_change"] is None
+    assert DirectionAutoEncoder().get_params()["init"] == "auto"
     assert params["cosine_weight"] == pytest.approx(0.9975 / 5)
     assert params["element_weight"] == 0.0025
     assert (params["element_power_start"], params["element_power_end"]) == (1.0, 0.1)
@@ -21,7 +25,7 @@ def test_paper_defaults():
 
 
 def test_fit_learns_directions(embeddings):
-    autoencoder = DirectionAutoEncoder(n_components=6, **FAST).fit(embeddings)
+    autoencoder = DirectionAutoEncoder(n_components=6, init="random", **FAST).fit(embeddings)
     assert autoencoder.n_iter_ == 8 and len(autoencoder.loss_curve_) == 8
     assert autoencoder.loss_curve_[-1] < autoencoder.loss_curve_[0]
     assert autoencoder.best_loss_ == min(autoencoder.loss_curve_)

@@ -1,0 +1,135 @@
+"""Data-parallel training of one :class:`DirectionAutoEncoder` with ``torch.distributed``.
+
+Each process reads its own shard of rows from a ``.npy`` file (as a memmap, streamed in
+chunks) and holds a copy of the small model; ``DistributedDataParallel`` averages the
+gradients of every mini-batch over the processes, the SVD start sums their Gram
+matrices, and the epoch losses are summed so that every process takes the same
+stopping decision. Launch one process per GPU (NCCL) or per CPU socket (gloo) with
+``torchrun``::
+
+    torchrun --nproc_per_node=2 -m skdirection._distributed table.npy model.joblib \\
+        --n-components 64 --set batch_size=4096 --set max_iter=5
+
+Process 0 writes the fitted estimator with :func:`joblib.dump`; it holds only numpy
+arrays, so it loads anywhere with :func:`joblib.load`.
+
+With shards of equal size, every step averages gradients of equal-size shard means,
+which is the gradient of the mean over the union of the shards: training with ``P``
+processes and ``batch_size=b`` follows the same mathematics as one process with batch
+``P * b``, up to the order of floating-point sums. The rows are split into ``P``
+contiguous shards of ``ceil(n_rows / P)`` rows; the last is padded with zero-weight rows
+so that every process runs the same number of steps.
+"""
+
+import argparse
+import ast
+import math
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ._autoencoder import DirectionAutoEncoder
+from ._backend import RowSource, resolve_device
+
+
+def _sum_over_processes(tensor):
+    tensor = tensor.clone()
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def fit_distributed(path, estimator, sample_weight=None):
+    """Fit ``estimator`` on the rows of the ``.npy`` file ``path``, data-parallel.
+
+    Call it in every process of an initialised ``torch.distributed`` process group (or
+    under ``torchrun``, which this function initialises: NCCL when the estimator's
+    device is CUDA, else gloo). Every process gets the same fitted estimator.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A 2-D ``.npy`` file; each process reads only its own shard of rows.
+    estimator : DirectionAutoEncoder
+        Unfitted; ``batch_size`` is per process.
+    sample_weight : array-like of shape (n_rows,), default=None
+        Row weights, normalised to mean one over all rows.
+
+    Returns
+    -------
+    estimator : DirectionAutoEncoder
+        The fitted estimator.
+    """
+    owns_group = not dist.is_initialized()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(estimator.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+    if owns_group:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        estimator._validate_params()
+        table = np.load(path, mmap_mode="r")
+        full = estimator._validate_source(table, reset=True)
+        n_rows = full.n_rows
+        shard = math.ceil(n_rows / world)
+        start = rank * shard
+        source = RowSource(full.X, full.backing, start=start, stop=start + shard,
+                           check_finite=full.check_finite)
+        if sample_weight is None:
+            weight = np.ones(n_rows)
+        else:
+            weight = estimator._check_sample_weight(sample_weight, full.X)
+        row_weight = estimator._row_weight(weight, shard * world, device)
+        row_weight = row_weight[start : start + shard]
+
+        def wrap(net):
+            ids = [torch.cuda.current_device()] if device.type == "cuda" else None
+            return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+
+        estimator._fit_source(
+            source, None, reduce=_sum_over_processes, wrap=wrap, row_weight=row_weight
+        )
+        del estimator._trainer  # holds the DDP wrapper of a finished process group
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+    return estimator
+
+
+def _parse_value(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="torchrun --nproc_per_node=N -m skdirection._distributed",
+        description="Train one DirectionAutoEncoder data-parallel on a .npy table.",
+    )
+    parser.add_argument("table", help="2-D .npy file (float32 or float64)")
+    parser.add_argument("output", help="where process 0 writes the fitted estimator (joblib)")
+    parser.add_argument("--n-components", type=int, required=True)
+    parser.add_argument("--sample-weight", help="optional 1-D .npy of row weights")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="any DirectionAutoEncoder parameter, e.g. --set batch_size=4096",
+    )
+    args = parser.parse_args(argv)
+    params = dict(item.split("=", 1) for item in args.set)
+    params = {name: _parse_value(value) for name, value in params.items()}
+    estimator = DirectionAutoEncoder(args.n_components, **params)
+    weight = None if args.sample_weight is None else np.load(args.sample_weight)
+    estimator = fit_distributed(args.table, estimator, sample_weight=weight)
+    if int(os.environ.get("RANK", 0)) == 0:
+        import joblib
+
+        joblib.dump(estimator, args.output)
+
+
+if __name__ == "__main__":
+    main()

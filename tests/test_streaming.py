@@ -1,0 +1,110 @@
+"""Out-of-core fitting: memmaps read in chunks from disk, partial_fit, early stopping."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+import skdirection._backend as backend
+from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor
+from skdirection._backend import RowSource, file_backing
+
+AE = dict(n_components=4, batch_size=64, device="cpu", random_state=0)
+
+
+@pytest.fixture
+def memmapped(embeddings, tmp_path):
+    path = tmp_path / "table.npy"
+    np.save(path, embeddings)
+    return np.load(path, mmap_mode="r")
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 70 rows (of 24 float32 features): the 300-row table streams in 5."""
+    monkeypatch.setattr(backend, "CHUNK_BYTES", 70 * 24 * 4)
+    monkeypatch.setattr(backend, "RESIDENT_BYTES", 70 * 24 * 4)
+
+
+def test_memmap_rows_are_read_from_the_file(memmapped, embeddings):
+    assert file_backing(memmapped) is not None
+    assert file_backing(memmapped[10:]) is None  # a view: read through the mapping
+    source = RowSource(memmapped, file_backing(memmapped), start=290, stop=310)
+    rows = source.read(0, 20)
+    np.testing.assert_array_equal(rows[:10], embeddings[290:])
+    assert not rows[10:].any()  # past the end: zero padding
+
+
+def test_svd_partial_fit_equals_fit(embeddings):
+    full = TruncatedSVDCompressor(3, center=True, device="cpu").fit(embeddings)
+    chunked = TruncatedSVDCompressor(3, center=True, device="cpu")
+    for chunk in np.array_split(embeddings, 4):
+        chunked.partial_fit(chunk)
+    np.testing.assert_allclose(chunked.components_, full.components_, atol=1e-5)
+    np.testing.assert_allclose(chunked.mean_, full.mean_, rtol=1e-5)
+    np.testing.assert_allclose(
+        chunked.explained_variance_ratio_, full.explained_variance_ratio_, rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="features"):
+        chunked.partial_fit(embeddings[:, :5])
+
+
+def test_svd_fits_a_streamed_memmap(memmapped, embeddings, small_chunks):
+    weight = np.random.RandomState(0).uniform(size=len(embeddings))
+    streamed = TruncatedSVDCompressor(3, device="cpu").fit(memmapped, sample_weight=weight)
+    in_memory = TruncatedSVDCompressor(3, device="cpu").fit(embeddings, sample_weight=weight)
+    np.testing.assert_allclose(streamed.components_, in_memory.components_, atol=1e-5)
+    np.testing.assert_allclose(streamed.transform(memmapped), in_memory.transform(embeddings),
+                               rtol=1e-4, atol=1e-4)
+    assert streamed.score(memmapped) == pytest.approx(in_memory.score(embeddings), rel=1e-6)
+
+
+def test_nan_in_a_streamed_memmap_is_caught(embeddings, tmp_path):
+    X = embeddings.copy()
+    X[200, 3] = np.nan
+    np.save(tmp_path / "bad.npy", X)
+    with pytest.raises(ValueError, match="NaN"):
+        TruncatedSVDCompressor(2, device="cpu").fit(np.load(tmp_path / "bad.npy", mmap_mode="r"))
+
+
+def test_autoencoder_streams_chunks_deterministically(memmapped, embeddings, small_chunks):
+    from_file = DirectionAutoEncoder(**AE).fit(memmapped)
+    from_memory = DirectionAutoEncoder(**AE).fit(embeddings)
+    np.testing.assert_array_equal(from_file.decoder_coefs_[0], from_memory.decoder_coefs_[0])
+    assert from_file.score(memmapped) > 0.9
+
+
+def test_svd_start_beats_random_start_at_equal_epochs(embeddings):
+    params = {**AE, "max_iter": 3, "n_iter_no_change": None}
+    svd_start = DirectionAutoEncoder(**params).fit(embeddings)
+    random_start = DirectionAutoEncoder(init="random", **params).fit(embeddings)
+    assert svd_start.score(embeddings) > random_start.score(embeddings)
+    with pytest.raises(ValueError, match="linear autoencoder"):
+        DirectionAutoEncoder(init="svd", hidden_layer_sizes=(8,), **AE).fit(embeddings)
+
+
+def test_stopping_rule(embeddings):
+    # A relative tolerance of 1 can never be met after the first epoch.
+    stopped = DirectionAutoEncoder(tol=1.0, n_iter_no_change=2, max_iter=10, **AE).fit(
+        embeddings
+    )
+    assert stopped.n_iter_ == 3
+    full = DirectionAutoEncoder(tol=1.0, n_iter_no_change=None, max_iter=10, **AE)
+    assert full.fit(embeddings).n_iter_ == 10
+
+
+def test_autoencoder_partial_fit_continues_training(embeddings):
+    chunks = np.array_split(embeddings, 3)
+    model = DirectionAutoEncoder(init="random", learning_rate=1e-2, **AE)
+    for epoch in range(4):
+        for chunk in chunks:
+            model.partial_fit(chunk)
+        if epoch == 0:
+            first_score = model.score(embeddings)
+    assert model.n_iter_ == 12 and len(model.loss_curve_) == 12
+    assert model.score(embeddings) > first_score
+    restored = pickle.loads(pickle.dumps(model))
+    restored.partial_fit(chunks[0])
+    assert restored.n_iter_ == 13
+    with pytest.raises(ValueError, match="features"):
+        model.partial_fit(embeddings[:, :5])

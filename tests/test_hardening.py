@@ -37,7 +37,8 @@ def with_zero_rows(embeddings):
 @pytest.mark.parametrize("algorithm", ["covariance_eigh", "randomized", "exact"])
 def test_uncentred_svd_reconstructs_zero_rows_as_zero(with_zero_rows, algorithm):
     X = with_zero_rows
-    svd = TruncatedSVDCompressor(4, algorithm=algorithm, device="cpu", random_state=0).fit(X)
+    svd = TruncatedSVDCompressor(4, algorithm=algorithm, device="cpu", random_state=0)
+    svd.fit(X)
     X_hat = svd.inverse_transform(svd.transform(X))
     assert np.all(X_hat[[0, 7, 42]] == 0)
     assert np.all(svd.compress(X).decode(torch.tensor([0, 7, 42])).numpy() == 0)
@@ -48,7 +49,8 @@ def test_uncentred_svd_reconstructs_zero_rows_as_zero(with_zero_rows, algorithm)
 def test_autoencoder_decodes_a_zero_row_to_its_bias_path(with_zero_rows, latent_activation):
     """Documented in docs/method.rst: a zero row decodes to ``dec(enc(0))``, not zero."""
     X = with_zero_rows
-    autoencoder = DirectionAutoEncoder(4, latent_activation=latent_activation, **FAST).fit(X)
+    autoencoder = DirectionAutoEncoder(4, latent_activation=latent_activation, **FAST)
+    autoencoder.fit(X)
     latent = autoencoder.encoder_intercepts_[0]
     if latent_activation == "elu":
         latent = torch.nn.functional.elu(torch.from_numpy(latent)).numpy()
@@ -146,7 +148,9 @@ def test_missing_tensor_is_a_clear_error(saved_table):
         load_table(path)
 
 
-@pytest.mark.parametrize("change", [{"dtype": "load"}, {"n_rows": -5}, {"layer_sizes": [4]}])
+@pytest.mark.parametrize(
+    "change", [{"dtype": "load"}, {"n_rows": -5}, {"layer_sizes": [4]}]
+)
 def test_tampered_config_is_a_clear_error(saved_table, change):
     _, path = saved_table
     _rewrite(path, config_change=change)
@@ -214,7 +218,8 @@ def test_same_seed_same_model_in_a_fresh_process(embeddings, tmp_path):
         torch.set_num_threads(threads)
     np.save(tmp_path / "X.npy", embeddings)
     subprocess.run(
-        [sys.executable, "-c", _FIT_IN_A_FRESH_PROCESS, tmp_path / "X.npy", tmp_path / "Z.npy"],
+        [sys.executable, "-c", _FIT_IN_A_FRESH_PROCESS, tmp_path / "X.npy",
+         tmp_path / "Z.npy"],
         check=True,
         timeout=120,
     )
@@ -223,7 +228,8 @@ def test_same_seed_same_model_in_a_fresh_process(embeddings, tmp_path):
 
 def test_same_seed_same_tables(embeddings):
     tables = [
-        DirectionAutoEncoder(3, **FAST).fit(embeddings).compress(embeddings) for _ in range(2)
+        DirectionAutoEncoder(3, **FAST).fit(embeddings).compress(embeddings)
+        for _ in range(2)
     ]
     first, second = (t.state_dict() for t in tables)
     assert all(torch.equal(first[name], second[name]) for name in first)
@@ -236,7 +242,8 @@ def test_svd_fit_leaves_global_random_state_alone(embeddings, algorithm):
     expected = np.random.rand(), torch.rand(1)
     np.random.seed(3)
     torch.manual_seed(3)
-    TruncatedSVDCompressor(3, algorithm=algorithm, device="cpu", random_state=0).fit(embeddings)
+    svd = TruncatedSVDCompressor(3, algorithm=algorithm, device="cpu", random_state=0)
+    svd.fit(embeddings)
     assert np.random.rand() == expected[0] and torch.equal(torch.rand(1), expected[1])
 
 
@@ -368,7 +375,7 @@ def test_svd_interrupted_late_in_fit_is_not_half_written(embeddings, monkeypatch
     assert fitted == [] or "explained_variance_ratio_" in fitted
 
 
-# Known numerical edge cases ----------------------------------------------------------------
+# Known numerical edge cases ---------------------------------------------------------------
 
 
 @pytest.mark.xfail(
@@ -378,7 +385,8 @@ def test_svd_interrupted_late_in_fit_is_not_half_written(embeddings, monkeypatch
 )
 def test_explained_variance_ratio_of_identical_rows_is_at_most_one():
     X = np.full((5, 2), 7.0, dtype=np.float32)
-    svd = TruncatedSVDCompressor(1, device="cpu").fit(X, sample_weight=np.full(5, 1.56987656))
+    svd = TruncatedSVDCompressor(1, device="cpu")
+    svd.fit(X, sample_weight=np.full(5, 1.56987656))
     assert svd.explained_variance_ratio_.sum() <= 1.0
 
 

@@ -54,7 +54,14 @@ def tables(draw, min_features=2):
     X = draw(arrays(dtype, (n_rows, n_features), elements=values))
     kind = draw(
         st.sampled_from(
-            ["none", "duplicate_rows", "zero_rows", "rank_one", "constant_column", "all_zero"]
+            [
+                "none",
+                "duplicate_rows",
+                "zero_rows",
+                "rank_one",
+                "constant_column",
+                "all_zero",
+            ]
         )
     )
     X = _degrade(X, kind, np.random.RandomState(draw(st.integers(0, 2**16))))
@@ -128,7 +135,9 @@ def test_svd_any_small_table(data, algorithm, center, k_fraction):
     hidden=st.sampled_from([(), (3,)]),
     latent_activation=st.sampled_from([None, "elu"]),
 )
-def test_autoencoder_any_small_table(data, k_fraction, batch_size, hidden, latent_activation):
+def test_autoencoder_any_small_table(
+    data, k_fraction, batch_size, hidden, latent_activation
+):
     X, weight = data
     k = 1 + int(k_fraction * (X.shape[1] - 2))
     autoencoder = DirectionAutoEncoder(

@@ -1,5 +1,14 @@
+"""Shared fixtures: tiny models built from configs, and the real models loaded once."""
+
 import numpy as np
 import pytest
+
+TEXT = (
+    "The quick brown fox jumps over the lazy dog . A compressed embedding keeps the "
+    "direction of each row . Words that occur often matter more than rare words . "
+    "Perplexity measures how surprised a language model is by a text . "
+    "The dog sleeps while the fox runs into the forest and the birds sing . "
+) * 3
 
 
 @pytest.fixture
@@ -9,3 +18,81 @@ def embeddings():
     basis = rng.normal(size=(6, 24))
     X = rng.normal(size=(300, 6)) @ basis + 0.1 * rng.normal(size=(300, 24))
     return (X * rng.uniform(0.5, 2.0, size=(300, 1))).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A word-level fast tokenizer over the words of TEXT, with BERT's special tokens."""
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = sorted(set(TEXT.lower().split()) | set(TEXT.split()))
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def _tiny_llama(vocab_size, tie=True):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=tie,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def tiny_llama(tiny_tokenizer):
+    return _tiny_llama(len(tiny_tokenizer))
+
+
+@pytest.fixture
+def tiny_llama_untied(tiny_tokenizer):
+    return _tiny_llama(len(tiny_tokenizer), tie=False)
+
+
+@pytest.fixture
+def tiny_bert(tiny_tokenizer):
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+    )
+    return BertForMaskedLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M and its tokenizer, loaded once (about 20 s)."""
+    from skdirection.datasets import load_smollm2
+
+    try:
+        return load_smollm2()
+    except ImportError as exc:
+        pytest.skip(str(exc))

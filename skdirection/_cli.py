@@ -1,0 +1,228 @@
+"""The ``skdirection`` command: what compressing a model's embedding costs the model.
+
+Example::
+
+    skdirection evaluate --model smollm2 --method svd --method direction \\
+        --ratio 10 --ratio 5 --ratio 2.5 --max-tokens 4096
+"""
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+from ._methods import DEFAULT_OPTIONS, METHODS
+
+_MODELS = ("smollm2", "minilm")
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="skdirection",
+        description="Direction-preserving compression of embedding matrices.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="compress a model's embedding at several ratios and measure the cost",
+        description=(
+            "Fit each method at each ratio on the model's embedding matrix, put the "
+            "compressed table in the model, and measure perplexity (language models) or "
+            "the preservation of sentence similarities (encoders). One row per "
+            "(method, ratio), plus the uncompressed baseline."
+        ),
+    )
+    evaluate.add_argument(
+        "--model", required=True,
+        help="'smollm2', 'minilm', or the path of a local transformers model folder",
+    )
+    evaluate.add_argument(
+        "--method", action="append", choices=sorted(METHODS), dest="methods",
+        help="compression method (repeat for several; default: svd and direction)",
+    )
+    evaluate.add_argument(
+        "--ratio", action="append", type=float, dest="ratios",
+        help="compression ratio of the embedding, all stored parameters counted "
+        "(repeat for several; default: 10, 5, 2.5)",
+    )
+    evaluate.add_argument("--target", choices=("input", "output", "both"), default="input")
+    evaluate.add_argument(
+        "--eval-text", type=Path,
+        help="plain-text file to measure on (default: gensim's Wikipedia articles)",
+    )
+    evaluate.add_argument(
+        "--counts-text", type=Path,
+        help="plain-text file whose token counts weight the fit (default: unweighted)",
+    )
+    evaluate.add_argument(
+        "--max-tokens", type=int, default=None,
+        help="measure on the first N tokens of the text only",
+    )
+    evaluate.add_argument(
+        "--epochs", type=int, default=DEFAULT_OPTIONS["epochs"],
+        help="autoencoder epochs (default: the paper's 30)",
+    )
+    evaluate.add_argument(
+        "--batch-size", type=int, default=DEFAULT_OPTIONS["batch_size"],
+        help="autoencoder batch size (default: the paper's 32)",
+    )
+    evaluate.add_argument("--seed", type=int, default=DEFAULT_OPTIONS["seed"])
+    evaluate.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:N'")
+    evaluate.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    evaluate.add_argument("--plot", type=Path, help="write perplexity against ratio (PNG)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars or log")
+    return parser
+
+
+def _read_text(path):
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise SystemExit(f"skdirection: cannot read {path}: {exc.strerror}") from None
+    if not text.strip():
+        raise SystemExit(f"skdirection: {path} is empty.")
+    return [part for part in text.split("\n\n") if part.strip()]
+
+
+def load_model(name):
+    """(model, tokenizer) for a model name of the CLI or a local folder."""
+    from . import datasets
+
+    if name == "smollm2":
+        return datasets.load_smollm2()
+    if name == "minilm":
+        return datasets.load_minilm()
+    folder = Path(name)
+    if not folder.is_dir():
+        raise SystemExit(
+            f"skdirection: --model must be one of {_MODELS} or a model folder; "
+            f"{name!r} is neither."
+        )
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoTokenizer,
+    )
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    architectures = " ".join(getattr(config, "architectures", None) or [])
+    if "CausalLM" in architectures or "LMHead" in architectures:
+        auto = AutoModelForCausalLM
+    elif "MaskedLM" in architectures:
+        auto = AutoModelForMaskedLM
+    else:
+        auto = AutoModel
+    model = auto.from_pretrained(folder, local_files_only=True)
+    return model.eval(), AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def _cell(value):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
+    return str(value)
+
+
+def format_rows(rows, fmt):
+    """Rows as an aligned text table, JSON or CSV."""
+    from ._evaluate import COLUMNS
+
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue().rstrip("\n")
+    columns = [c for c in COLUMNS if any(row.get(c) is not None for row in rows)]
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def plot_rows(rows, path, title=None):
+    """Perplexity (or similarity) against ratio, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "perplexity" if rows[0]["perplexity"] is not None else "similarity_spearman"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in rows[1:]):
+        points = sorted((r["ratio"], r[metric]) for r in rows if r["method"] == method)
+        ax.plot(*zip(*points), marker="o", label=method)
+    ax.axhline(rows[0][metric], color="gray", linestyle="--", label="uncompressed")
+    ax.set_xlabel("embedding compression ratio")
+    ax.set_ylabel(metric.replace("_", " "))
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _evaluate_command(args):
+    from . import datasets
+    from ._evaluate import evaluate
+
+    if args.max_tokens is not None and args.max_tokens < 2:
+        raise SystemExit("skdirection: --max-tokens must be at least 2.")
+    eval_texts = (
+        _read_text(args.eval_text) if args.eval_text else datasets.load_wikipedia_text()
+    )
+    counts_texts = _read_text(args.counts_text) if args.counts_text else None
+    model, tokenizer = load_model(args.model)
+
+    def log(message):
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    options = {
+        "device": args.device,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+    }
+    try:
+        rows = evaluate(
+            model,
+            tokenizer,
+            args.methods or ["svd", "direction"],
+            args.ratios or [10.0, 5.0, 2.5],
+            target=args.target,
+            eval_texts=eval_texts,
+            counts_texts=counts_texts,
+            max_tokens=args.max_tokens,
+            options=options,
+            progress=not args.quiet,
+            log=log,
+        )
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"skdirection: {exc}") from None
+    print(format_rows(rows, args.format))
+    if args.plot:
+        plot_rows(rows, args.plot, title=f"{args.model}, target={args.target}")
+        log(f"plot written to {args.plot}")
+    return 0
+
+
+def main(argv=None):
+    """Entry point of the ``skdirection`` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "evaluate":
+        return _evaluate_command(args)
+    return 1

@@ -1,0 +1,284 @@
+"""The transformers adapter: patching, exact undo, saving, perplexity, token counts."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor  # noqa: E402
+from skdirection.adapters.transformers import (  # noqa: E402
+    CompressedEmbedding,
+    CompressedLMHead,
+    count_parameters,
+    load_compressed,
+    patch_embeddings,
+    perplexity,
+    save_compressed,
+    token_counts,
+    unpatch_embeddings,
+)
+
+from .conftest import TEXT  # noqa: E402
+
+K = 4
+
+
+def _matrix(model):
+    return model.get_input_embeddings().weight.detach().numpy()
+
+
+def _svd(model, k=K):
+    return TruncatedSVDCompressor(n_components=k, device="cpu", random_state=0).fit(
+        _matrix(model)
+    )
+
+
+def _ids(tokenizer):
+    return torch.as_tensor([tokenizer(TEXT)["input_ids"][:40]])
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_import_skdirection_does_not_import_transformers():
+    code = "import sys, skdirection; assert 'transformers' not in sys.modules, 'imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("target", ["input", "output", "both"])
+def test_patch_then_unpatch_is_bit_exact_and_keeps_the_tie(tiny_llama, tiny_tokenizer, target):
+    model, ids = tiny_llama, _ids(tiny_tokenizer)
+    embedding = model.get_input_embeddings()
+    weight = embedding.weight
+    head = model.get_output_embeddings()
+    before = _logits(model, ids)
+    keys = dict(model.all_tied_weights_keys)
+
+    patch_embeddings(model, _svd(model), target=target)
+    patched = _logits(model, ids)
+    assert not torch.equal(patched, before)
+    if target == "input":
+        assert isinstance(model.get_input_embeddings(), CompressedEmbedding)
+        assert model.get_output_embeddings().weight is weight  # head keeps the original
+        assert model.config.tie_word_embeddings is False
+    if target == "output":
+        assert isinstance(model.get_output_embeddings(), CompressedLMHead)
+        assert model.get_input_embeddings().weight is weight
+    if target == "both":
+        assert model.get_output_embeddings().table is model.get_input_embeddings().table
+
+    unpatch_embeddings(model)
+    assert model.get_input_embeddings() is embedding
+    assert model.get_output_embeddings() is head
+    assert model.lm_head.weight is model.get_input_embeddings().weight is weight
+    assert model.config.tie_word_embeddings is True
+    assert model.all_tied_weights_keys == keys
+    assert torch.equal(_logits(model, ids), before)
+
+
+def test_input_patch_changes_only_the_input_side(tiny_llama, tiny_tokenizer):
+    model, ids = tiny_llama, _ids(tiny_tokenizer)
+    svd = _svd(model)
+    table = svd.compress(_matrix(model))
+    with torch.no_grad():
+        hidden = model.model(inputs_embeds=table(ids)).last_hidden_state
+        expected = hidden @ model.lm_head.weight.T
+    patch_embeddings(model, svd, target="input")
+    torch.testing.assert_close(_logits(model, ids), expected)
+
+
+def test_report_counts_unique_parameters(tiny_llama):
+    model = tiny_llama
+    V, d = model.get_input_embeddings().weight.shape
+    total = count_parameters(model)
+    assert total == model.num_parameters()
+    stored = V * K + K * d  # SVD: latent table and components, no bias
+
+    report = patch_embeddings(model, _svd(model), target="input")
+    assert report.embedding_params_before == V * d
+    assert report.embedding_params_after == stored
+    assert report.embedding_ratio == pytest.approx(V * d / stored)
+    assert report.model_params_before == total
+    # The untied head keeps the original matrix: the model grows by the table.
+    assert report.model_params_after == total + stored
+    assert report.model_params_after == model.num_parameters()
+    assert report.untied_head
+    unpatch_embeddings(model)
+
+    report = patch_embeddings(model, _svd(model), target="both")
+    assert report.model_params_after == total - V * d + stored
+    assert report.model_ratio == pytest.approx(total / (total - V * d + stored))
+    assert not report.untied_head
+
+
+def test_autoencoder_table_counts_the_decoder_bias(tiny_llama):
+    model = tiny_llama
+    V, d = model.get_input_embeddings().weight.shape
+    ae = DirectionAutoEncoder(n_components=K, max_iter=1, batch_size=64, device="cpu",
+                              random_state=0).fit(_matrix(model))
+    report = patch_embeddings(model, ae, target="both")
+    assert report.embedding_params_after == V * K + K * d + d
+
+
+def test_untied_model_targets(tiny_llama_untied, tiny_tokenizer):
+    model, ids = tiny_llama_untied, _ids(tiny_tokenizer)
+    before = _logits(model, ids)
+    with pytest.raises(ValueError, match="tied"):
+        patch_embeddings(model, _svd(model), target="both")
+    head_svd = TruncatedSVDCompressor(n_components=K, device="cpu").fit(
+        model.lm_head.weight.detach().numpy()
+    )
+    report = patch_embeddings(model, head_svd, target="output")
+    assert not report.untied_head
+    assert report.model_params_after < report.model_params_before
+    unpatch_embeddings(model)
+    assert torch.equal(_logits(model, ids), before)
+
+
+@pytest.mark.parametrize("target", ["input", "both"])
+def test_save_and_load_give_identical_outputs(tiny_llama, tiny_tokenizer, tmp_path, target):
+    from .conftest import _tiny_llama
+
+    model, ids = tiny_llama, _ids(tiny_tokenizer)
+    patch_embeddings(model, _svd(model), target=target)
+    expected = _logits(model, ids)
+    save_compressed(model, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["patch.json", "table.safetensors"]
+
+    fresh = _tiny_llama(len(tiny_tokenizer))  # same seed: the same base model
+    report = load_compressed(fresh, tmp_path)
+    assert report.target == target
+    assert torch.equal(_logits(fresh, ids), expected)
+
+
+def test_load_never_unpickles(tiny_llama, tmp_path, monkeypatch):
+    import pickle
+
+    patch_embeddings(tiny_llama, _svd(tiny_llama))
+    save_compressed(tiny_llama, tmp_path)
+    unpatch_embeddings(tiny_llama)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("unpickling during load")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    load_compressed(tiny_llama, tmp_path)
+
+
+def test_bad_inputs(tiny_llama, tiny_tokenizer):
+    model = tiny_llama
+    svd = _svd(model)
+    with pytest.raises(ValueError, match="not fitted"):
+        patch_embeddings(model, TruncatedSVDCompressor(n_components=K))
+    other = TruncatedSVDCompressor(n_components=K).fit(np.random.rand(50, 7))
+    with pytest.raises(ValueError, match="fitted on rows of 7 values"):
+        patch_embeddings(model, other)
+    wrong_rows = other.compress(np.random.rand(50, 7))
+    with pytest.raises(ValueError, match="50 x 7"):
+        patch_embeddings(model, wrong_rows)
+    with pytest.raises(ValueError, match="target"):
+        patch_embeddings(model, _svd(model), target="head")
+    with pytest.raises(ValueError, match="not patched"):
+        unpatch_embeddings(model)
+    patch_embeddings(model, svd)
+    with pytest.raises(ValueError, match="already patched"):
+        patch_embeddings(model, svd)
+    with pytest.raises(ValueError, match="empty"):
+        perplexity(model, tiny_tokenizer, ["", "  "], progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        token_counts(tiny_tokenizer, [])
+
+
+def test_model_without_input_embedding():
+    class NoEmbedding(torch.nn.Module):
+        def get_input_embeddings(self):
+            return None
+
+    with pytest.raises(ValueError, match="no input embedding"):
+        patch_embeddings(NoEmbedding(), TruncatedSVDCompressor())
+
+
+def test_vocabulary_mismatch(tiny_tokenizer):
+    from .conftest import _tiny_llama
+
+    small = _tiny_llama(len(tiny_tokenizer) - 3)
+    with pytest.raises(ValueError, match="tokenizer has"):
+        perplexity(small, tiny_tokenizer, TEXT, progress=False)
+
+
+def test_causal_perplexity_is_deterministic_and_matches_the_model_loss(
+    tiny_llama, tiny_tokenizer
+):
+    model = tiny_llama
+    ids = torch.as_tensor([tiny_tokenizer(TEXT)["input_ids"][:100]])
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss
+    whole = perplexity(model, tiny_tokenizer, [TEXT], max_tokens=100, progress=False)
+    assert whole == pytest.approx(float(torch.exp(loss)), rel=1e-5)
+    # Sliding windows: batched or not, same result; shorter context, different one.
+    a = perplexity(model, tiny_tokenizer, [TEXT], max_length=32, stride=16, max_tokens=100,
+                   progress=False)
+    b = perplexity(model, tiny_tokenizer, [TEXT], max_length=32, stride=16, max_tokens=100,
+                   batch_size=1, progress=False)
+    assert a == pytest.approx(b, rel=1e-5)
+    assert a != pytest.approx(whole, rel=1e-6)
+    longer = perplexity(model, tiny_tokenizer, [TEXT], progress=False)
+    assert longer != pytest.approx(whole, rel=1e-6)
+
+
+def test_masked_perplexity_is_seeded(tiny_bert, tiny_tokenizer):
+    model = tiny_bert
+    texts = [TEXT, TEXT[:200]]
+    a = perplexity(model, tiny_tokenizer, texts, random_state=3, max_length=32, progress=False)
+    b = perplexity(model, tiny_tokenizer, texts, random_state=3, max_length=32, progress=False)
+    c = perplexity(model, tiny_tokenizer, texts, random_state=4, max_length=32, progress=False)
+    assert a == b
+    assert a != c
+    assert 1 < a < 10 * len(tiny_tokenizer)
+
+
+def test_masked_lm_patch_roundtrip(tiny_bert, tiny_tokenizer):
+    model = tiny_bert
+    ids = _ids(tiny_tokenizer)[:, :30]
+    before = _logits(model, ids)
+    svd = _svd(model)
+    weight = model.bert.embeddings.word_embeddings.weight
+    patch_embeddings(model, svd, target="input")
+    assert model.cls.predictions.decoder.weight is weight
+    perplexity(model, tiny_tokenizer, TEXT, max_length=32, progress=False)
+    unpatch_embeddings(model)
+    patch_embeddings(model, svd, target="both")
+    unpatch_embeddings(model)
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    assert torch.equal(_logits(model, ids), before)
+
+
+def test_perplexity_needs_a_language_model_head(tiny_tokenizer):
+    from transformers import BertConfig, BertModel
+
+    encoder = BertModel(BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=16,
+                                   num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=16))
+    with pytest.raises(TypeError, match="language model"):
+        perplexity(encoder, tiny_tokenizer, TEXT, progress=False)
+
+
+def test_token_counts(tiny_tokenizer):
+    counts = token_counts(tiny_tokenizer, [TEXT, "fox fox"])
+    assert counts.shape == (len(tiny_tokenizer),)
+    assert counts[tiny_tokenizer.convert_tokens_to_ids("fox")] == TEXT.split().count("fox") + 2
+    assert counts.sum() == len(TEXT.split()) + 2
+    assert token_counts(tiny_tokenizer, TEXT, n_rows=len(tiny_tokenizer) + 5).shape == (
+        len(tiny_tokenizer) + 5,
+    )
+    # Ready as sample_weight.
+    X = np.random.default_rng(0).random((len(counts), 5))
+    TruncatedSVDCompressor(n_components=2).fit(X, sample_weight=counts)

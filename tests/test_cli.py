@@ -1,0 +1,87 @@
+"""The ``skdirection evaluate`` command on a tiny model saved to a folder."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from skdirection._cli import main  # noqa: E402
+from skdirection._methods import build_compressor, low_rank_components  # noqa: E402
+
+from .conftest import TEXT  # noqa: E402
+
+
+@pytest.fixture
+def model_folder(tiny_llama, tiny_tokenizer, tmp_path):
+    folder = tmp_path / "tiny"
+    tiny_llama.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    text = tmp_path / "eval.txt"
+    text.write_text(TEXT)
+    return folder, text
+
+
+def test_evaluate_json(model_folder, tmp_path, capsys):
+    folder, text = model_folder
+    plot = tmp_path / "plot.png"
+    main([
+        "evaluate", "--model", str(folder), "--method", "svd", "--method", "direction",
+        "--ratio", "4", "--ratio", "2.5", "--eval-text", str(text), "--counts-text",
+        str(text), "--epochs", "1", "--device", "cpu", "--format", "json", "--quiet",
+        "--plot", str(plot),
+    ])
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["method"], r["n_components"]) for r in rows] == [
+        ("none", None), ("svd", 4), ("svd", 7), ("direction", 4), ("direction", 7)
+    ]
+    required = {"method", "target", "ratio", "n_components", "embedding_params",
+                "model_params", "perplexity", "baseline_perplexity", "mean_cosine",
+                "fit_seconds"}
+    for row in rows:
+        assert required <= row.keys()
+        assert row["baseline_perplexity"] == rows[0]["perplexity"]
+    assert all(r["ratio"] >= requested for r, requested in zip(rows[1:], [4, 2.5, 4, 2.5]))
+    assert rows[1]["embedding_params"] == 51 * 4 + 4 * 32
+    assert rows[3]["embedding_params"] == 51 * 4 + 4 * 32 + 32
+    assert plot.stat().st_size > 0
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv"])
+def test_evaluate_formats(model_folder, capsys, fmt):
+    folder, text = model_folder
+    main(["evaluate", "--model", str(folder), "--method", "svd", "--ratio", "4",
+          "--eval-text", str(text), "--format", fmt, "--quiet", "--target", "both"])
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == (4 if fmt == "table" else 3)
+    assert "perplexity" in out[0]
+
+
+def test_evaluate_errors(model_folder, tmp_path):
+    folder, text = model_folder
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    with pytest.raises(SystemExit, match="empty"):
+        main(["evaluate", "--model", str(folder), "--eval-text", str(empty)])
+    with pytest.raises(SystemExit, match="neither"):
+        main(["evaluate", "--model", str(tmp_path / "nope"), "--eval-text", str(text)])
+    with pytest.raises(SystemExit, match="too high"):
+        main(["evaluate", "--model", str(folder), "--eval-text", str(text), "--quiet",
+              "--method", "svd", "--ratio", "1000"])
+
+
+def test_python_dash_m_help():
+    out = subprocess.run([sys.executable, "-m", "skdirection", "evaluate", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "--ratio" in out and "--eval-text" in out
+
+
+def test_ratio_to_components():
+    assert low_rank_components(49152, 576, 10, bias=True) == 56
+    k = low_rank_components(30522, 768, 5)
+    assert 30522 * 768 / (k * (30522 + 768)) >= 5 > 30522 * 768 / ((k + 1) * (30522 + 768))
+    assert build_compressor("direction", 100, 20, 4).max_iter == 30
+    with pytest.raises(ValueError, match="unknown method"):
+        build_compressor("zip", 100, 20, 4)

@@ -1,0 +1,104 @@
+"""The adapter on the real SmolLM2-135M (tied 49152 x 576 embedding): marked ``model``."""
+
+import numpy as np
+import pytest
+import torch
+
+from skdirection import TruncatedSVDCompressor
+
+pytestmark = pytest.mark.model
+
+TEXT = (
+    "Anarchism is a political philosophy that advocates self-governed societies based on "
+    "voluntary institutions. These are often described as stateless societies, although "
+    "several authors have defined them more specifically as institutions based on "
+    "non-hierarchical free associations. The history of the idea goes back to antiquity, "
+    "and it grew into a movement in the nineteenth century."
+)
+
+
+@pytest.fixture(scope="module")
+def svd(smollm2):
+    model, _ = smollm2
+    matrix = model.get_input_embeddings().weight.detach().numpy()
+    return TruncatedSVDCompressor(n_components=56, device="cpu", random_state=0).fit(matrix)
+
+
+def _logits(model, tokenizer):
+    ids = torch.as_tensor([tokenizer(TEXT)["input_ids"][:32]])
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_smollm2_patch_report_and_exact_unpatch(smollm2, svd):
+    from skdirection.adapters.transformers import patch_embeddings, unpatch_embeddings
+
+    model, tokenizer = smollm2
+    weight = model.get_input_embeddings().weight
+    assert model.lm_head.weight is weight
+    before = _logits(model, tokenizer)
+    total = model.num_parameters()
+
+    report = patch_embeddings(model, svd, target="input")
+    try:
+        V, d, k = 49152, 576, 56
+        assert report.embedding_params_before == V * d
+        assert report.embedding_params_after == V * k + k * d
+        assert report.embedding_ratio == pytest.approx(10.0, abs=0.2)
+        assert report.untied_head
+        assert report.model_params_after == total + V * k + k * d
+        assert model.lm_head.weight is weight
+        patched = _logits(model, tokenizer)
+        assert not torch.equal(patched, before)
+    finally:
+        unpatch_embeddings(model)
+    assert model.lm_head.weight is model.get_input_embeddings().weight is weight
+    assert model.config.tie_word_embeddings is True
+    assert torch.equal(_logits(model, tokenizer), before)
+
+    report = patch_embeddings(model, svd, target="both")
+    try:
+        assert report.model_params_after == total - V * d + V * k + k * d
+        assert report.model_ratio > 1
+    finally:
+        unpatch_embeddings(model)
+
+
+def test_smollm2_save_load_and_perplexity(smollm2, svd, tmp_path):
+    from skdirection.adapters.transformers import (
+        load_compressed,
+        patch_embeddings,
+        perplexity,
+        save_compressed,
+        unpatch_embeddings,
+    )
+
+    model, tokenizer = smollm2
+    baseline = perplexity(model, tokenizer, TEXT, progress=False)
+    assert baseline == perplexity(model, tokenizer, TEXT, progress=False)
+    assert 1 < baseline < 200
+
+    patch_embeddings(model, svd, target="input")
+    try:
+        compressed = perplexity(model, tokenizer, TEXT, progress=False)
+        expected = _logits(model, tokenizer)
+        save_compressed(model, tmp_path)
+    finally:
+        unpatch_embeddings(model)
+    assert compressed > baseline
+
+    load_compressed(model, tmp_path)  # the base model, as a fresh load would give it
+    try:
+        assert torch.equal(_logits(model, tokenizer), expected)
+    finally:
+        unpatch_embeddings(model)
+
+
+def test_smollm2_token_counts(smollm2):
+    from skdirection.adapters.transformers import token_counts
+
+    _, tokenizer = smollm2
+    counts = token_counts(tokenizer, TEXT)
+    assert counts.shape == (49152,)
+    assert counts.sum() == len(tokenizer(TEXT, add_special_tokens=False)["input_ids"])
+    assert np.count_nonzero(counts) > 20

@@ -52,6 +52,7 @@ def counts_text():
 
 
 def token_counts(tokenizer, text, vocab_size, floor=0.5):
+    """Token counts plus ``floor``, so rows unseen in the counts corpus keep some weight."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return np.bincount(np.asarray(ids), minlength=vocab_size)[:vocab_size] + floor
 

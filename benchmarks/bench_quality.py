@@ -57,6 +57,8 @@ def lm_methods(n, d, counts, args):
         methods.append((f"mixed bytes x{ratio}", "mixed-bytes", lambda r=ratio: FrequencyMixedCompressor(r), counts))
     for ratio in (() if args.quick else (10, 5, 2.5)):
         methods.append((f"mixed params x{ratio}", "mixed-params", lambda r=ratio: FrequencyMixedCompressor(r, ratio_unit="params"), counts))
+    if args.only:
+        methods = [m for m in methods if m[1] in args.only.split(",")]
     return methods
 
 
@@ -68,7 +70,10 @@ def run_lm(args):
     counts = _lm.token_counts(tokenizer, _lm.counts_text(), n)
     ids = _lm.eval_ids(tokenizer, args.tokens)
     lm_head = model.lm_head.weight.detach().clone()
-    base = _lm.perplexity(model, ids)
+    def ppl():
+        return _lm.perplexity(model, ids, stride=args.stride)
+
+    base = ppl()
     rows = [dict(method="original", family="original", target="input", bytes_ratio=1.0, params_ratio=1.0,
                  cos=1.0, cos_weighted=1.0, ppl=base, ppl_ratio=1.0, fit_s=0.0)]
     print(f"original perplexity {base:.2f}", flush=True)
@@ -84,17 +89,24 @@ def run_lm(args):
             _lm.set_input_rows(model, decoded)
             if target == "both":
                 model.lm_head.weight.data.copy_(decoded)
-            ppl = _lm.perplexity(model, ids)
+            value = ppl()
             model.lm_head.weight.data.copy_(lm_head)
             rows.append(dict(
                 method=name, family=family, target=target,
                 bytes_ratio=n * d * 4 / table.n_bytes, params_ratio=n * d / table.n_parameters,
                 cos=mean_cosine_similarity(X, rec), cos_weighted=mean_cosine_similarity(X, rec, counts),
-                ppl=ppl, ppl_ratio=ppl / base, fit_s=fit_s,
+                ppl=value, ppl_ratio=value / base, fit_s=fit_s,
             ))
             print(_fmt(rows[-1]), flush=True)
+            _write(rows, "quality_lm.csv")
         _lm.set_input_rows(model, E)
     return rows
+
+
+def _write(rows, name):
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(os.path.join(RESULTS, name), index=False)
 
 
 def _fmt(r):
@@ -179,6 +191,8 @@ def main():
     parser.add_argument("--spacy", action="store_true", help="also run the word-vector table")
     parser.add_argument("--no-lm", action="store_true")
     parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--stride", type=int, default=1024, help="512 scores every token with more context, at twice the cost")
+    parser.add_argument("--only", default="", help="comma-separated method families to run")
     args = parser.parse_args()
     import pandas as pd
 
@@ -189,7 +203,7 @@ def main():
         frame = pd.DataFrame(rows)
         frame.to_csv(os.path.join(RESULTS, "quality_lm.csv"), index=False)
         print("\nSmolLM2-135M, counts: gensim lee_background + enwiki slice; perplexity: Hamlet, "
-              f"{args.tokens} tokens, window 1024 stride 512")
+              f"{args.tokens} tokens, window 1024 stride {args.stride}")
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         plot(rows, os.path.join(RESULTS, "quality_lm.png"))
     if args.spacy:

@@ -73,7 +73,8 @@ class FrequencyMixedCompressor(BaseEstimator):
     Attributes
     ----------
     codecs_ : list of str
-        Names of the candidate codecs, e.g. ``"exact"``, ``"int4"``, ``"rank32"``.
+        Names of the candidate codecs, e.g. ``"exact"``, ``"int4"``, ``"rank32"``, from
+        the most to the least costly a row.
     assignment_ : ndarray of shape (n_rows_,)
         Index into ``codecs_`` of each row's codec.
     components_ : ndarray of shape (max_rank, n_features) or None
@@ -187,7 +188,8 @@ class FrequencyMixedCompressor(BaseEstimator):
         ranks = sorted({int(k) for k in self.ranks if 0 < int(k) < d})
         basis = self._basis(rows, weight, max(ranks)) if ranks else None
 
-        candidates = self._candidates(rows, basis, ranks)
+        fixed_candidates = self._fixed_candidates(rows)
+        candidates = fixed_candidates + self._lowrank_candidates(rows, basis, ranks)
         budget = n * d * (4 if self._bytes else 1) / self.ratio
         assignment = self._assign(candidates, weight, budget)
         for _ in range(self.n_refits if ranks else 0):
@@ -196,7 +198,7 @@ class FrequencyMixedCompressor(BaseEstimator):
                 break
             lowrank_weight = np.where(lowrank, weight, 0.0)
             basis = self._basis(rows, lowrank_weight, max(ranks))
-            candidates = self._candidates(rows, basis, ranks)
+            candidates = fixed_candidates + self._lowrank_candidates(rows, basis, ranks)
             assignment = self._assign(candidates, weight, budget)
 
         self.codecs_ = [c[1] for c in candidates]
@@ -215,7 +217,7 @@ class FrequencyMixedCompressor(BaseEstimator):
         )
         return components.float()
 
-    def _candidates(self, rows, basis, ranks):
+    def _fixed_candidates(self, rows):
         """(kind, name, option, per-row cost, per-row cosine distance, fixed cost)."""
         n, d = rows.shape
         out = []
@@ -224,16 +226,21 @@ class FrequencyMixedCompressor(BaseEstimator):
             out.append(("exact", "exact", None, 2 * d, _cosine_distance(rows, exact).numpy(), 0))
             group = d if self.group_size is None else min(self.group_size, d)
             for b in sorted(set(int(b) for b in self.bits), reverse=True):
-                codes, scales, offsets = quantize(rows, b, group)
+                codes, scales, offsets = quantize(rows, b, group, clip_search=b < 8)
                 decoded = dequantize(codes, scales, offsets, group)
                 cost = packed_row_bytes(d, b) + 4 * n_groups(d, group)
                 out.append(("scalar", f"int{b}", b, cost, _cosine_distance(rows, decoded).numpy(), 0))
         else:
             out.append(("exact", "exact", None, d, np.zeros(n), 0))
-        for k in ranks:
+        return out
+
+    def _lowrank_candidates(self, rows, basis, ranks):
+        d = rows.shape[1]
+        out = []
+        for k in sorted(ranks, reverse=True):
             latent = _unit(rows) @ basis[:k].T
             if self._bytes:
-                codes, scales, offsets = quantize(latent, _LATENT_BITS, k)
+                codes, scales, offsets = quantize(latent, _LATENT_BITS, k, clip_search=False)
                 latent = dequantize(codes, scales, offsets, k)
                 cost, fixed = packed_row_bytes(k, _LATENT_BITS) + 4 + 2, 2 * k * d
             else:

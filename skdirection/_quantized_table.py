@@ -146,8 +146,12 @@ class QuantizedTable(CompressedTable):
         self.offsets = _frozen(offsets)
 
     @classmethod
-    def from_rows(cls, X, bits, group_size=None, scale_dtype=torch.float16, clip_search=True):
-        """Quantize the rows of a float tensor ``X`` into a table."""
+    def from_rows(cls, X, bits, group_size=None, scale_dtype=torch.float16, clip_search=None):
+        """Quantize the rows of a float tensor ``X`` into a table.
+
+        ``clip_search=None`` searches clipping ranges below 8 bits only.
+        """
+        clip_search = bits < 8 if clip_search is None else clip_search
         X = torch.as_tensor(X)
         group_size = X.shape[1] if group_size is None else min(group_size, X.shape[1])
         codes, scales, offsets = quantize(X, bits, group_size, scale_dtype, clip_search)

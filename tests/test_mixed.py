@@ -13,7 +13,7 @@ def data():
     return X, counts
 
 
-@pytest.mark.parametrize("ratio", [4, 8, 16, 32])
+@pytest.mark.parametrize("ratio", [4, 8, 16])
 def test_budget_is_met_and_counted(data, ratio):
     X, counts = data
     mixed = FrequencyMixedCompressor(ratio, ranks=(4, 8, 16)).fit(X, sample_weight=counts)
@@ -27,7 +27,7 @@ def test_budget_is_met_and_counted(data, ratio):
 
 def test_frequent_rows_get_more(data):
     X, counts = data
-    mixed = FrequencyMixedCompressor(16, ranks=(4, 8, 16)).fit(X, sample_weight=counts)
+    mixed = FrequencyMixedCompressor(8, ranks=(4, 8, 16)).fit(X, sample_weight=counts)
     cost = {name: i for i, name in enumerate(mixed.codecs_)}  # codecs_ are in decreasing cost
     order = np.argsort(-counts)
     top, bottom = mixed.assignment_[order[:20]], mixed.assignment_[order[-200:]]

@@ -53,12 +53,13 @@ def lm_methods(n, d, counts, args):
     for bits, group in ((8, None), (4, 32), (3, 32), (2, 32), (4, None), (3, None), (2, None)):
         name = f"int{bits}" + (f"-g{group}" if group else "-row")
         methods.append((name, "scalar" + ("-g32" if group else "-row"), lambda b=bits, g=group: ScalarQuantizer(b, group_size=g), None))
-    for ratio in ((8, 16) if args.quick else (8, 10, 16, 32)):
+    for ratio in ((8, 16) if args.quick else (8, 16, 32, 10)):
         methods.append((f"mixed bytes x{ratio}", "mixed-bytes", lambda r=ratio: FrequencyMixedCompressor(r), counts))
     for ratio in (() if args.quick else (10, 5, 2.5)):
         methods.append((f"mixed params x{ratio}", "mixed-params", lambda r=ratio: FrequencyMixedCompressor(r, ratio_unit="params"), counts))
     if args.only:
-        methods = [m for m in methods if m[1] in args.only.split(",")]
+        order = args.only.split(",")
+        methods = sorted((m for m in methods if m[1] in order), key=lambda m: order.index(m[1]))
     return methods
 
 
@@ -67,7 +68,12 @@ def run_lm(args):
     model, tokenizer, E = _lm.load_model()
     X = E.numpy()
     n, d = X.shape
-    counts = _lm.token_counts(tokenizer, _lm.counts_text(), n)
+    if args.counts_npy and os.path.exists(args.counts_npy):
+        counts = np.load(args.counts_npy)
+    else:
+        counts = _lm.token_counts(tokenizer, _lm.counts_text(), n)
+        if args.counts_npy:
+            np.save(args.counts_npy, counts)
     ids = _lm.eval_ids(tokenizer, args.tokens)
     lm_head = model.lm_head.weight.detach().clone()
     def ppl():
@@ -192,7 +198,8 @@ def main():
     parser.add_argument("--no-lm", action="store_true")
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--stride", type=int, default=1024, help="512 scores every token with more context, at twice the cost")
-    parser.add_argument("--only", default="", help="comma-separated method families to run")
+    parser.add_argument("--counts-npy", default="", help="cache of the token counts")
+    parser.add_argument("--only", default="", help="comma-separated method families to run, in this order")
     args = parser.parse_args()
     import pandas as pd
 

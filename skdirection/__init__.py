@@ -4,6 +4,10 @@ Estimators follow scikit-learn's API and train with torch, on CUDA when availabl
 """
 
 from ._autoencoder import DirectionAutoEncoder
+from ._hybrid_table import DenseTable, LinearDecodedTable, NormScaledTable, PartitionedTable
+from ._mixed import FrequencyMixedCompressor
+from ._quantized_table import QuantizedTable
+from ._quantizer import ScalarQuantizer
 from ._svd import TruncatedSVDCompressor
 from ._table import CompressedTable, LowRankTable, load_table, save_table
 
@@ -11,8 +15,15 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "CompressedTable",
+    "DenseTable",
     "DirectionAutoEncoder",
+    "FrequencyMixedCompressor",
+    "LinearDecodedTable",
     "LowRankTable",
+    "NormScaledTable",
+    "PartitionedTable",
+    "QuantizedTable",
+    "ScalarQuantizer",
     "TruncatedSVDCompressor",
     "load_table",
     "save_table",

@@ -2,7 +2,12 @@
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor
+from skdirection import (
+    DirectionAutoEncoder,
+    FrequencyMixedCompressor,
+    ScalarQuantizer,
+    TruncatedSVDCompressor,
+)
 
 FAST_AUTOENCODER = dict(n_components=1, max_iter=3, batch_size=16, device="cpu", random_state=0)
 
@@ -10,6 +15,9 @@ ESTIMATORS = [
     DirectionAutoEncoder(**FAST_AUTOENCODER),
     TruncatedSVDCompressor(n_components=1, device="cpu", random_state=0),
     TruncatedSVDCompressor(n_components=1, algorithm="randomized", device="cpu", random_state=0),
+    ScalarQuantizer(bits=4),
+    ScalarQuantizer(bits=2, group_size=2),
+    FrequencyMixedCompressor(ratio=1.5, ranks=(1,)),
 ]
 
 

@@ -1,0 +1,205 @@
+"""Bit-packed scalar quantization: the codec and its stored table.
+
+Codes of ``bits`` bits are packed row by row into ``uint8`` storage, so a table's
+``n_bytes`` is what it really costs: half a byte per value at 4 bits, three eighths at 3,
+a quarter at 2. Each group of ``group_size`` columns of a row has a scale and an offset,
+``x ~= code * scale + offset``.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from ._table import CompressedTable, register_table
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+# Shrink factors of a group's [min, max] range tried by the clipping search: clipping a
+# few outliers buys finer steps for every other value of the group.
+CLIP_RATIOS = tuple(1.0 - 0.05 * i for i in range(11))
+FLOAT16_MAX = 65504.0
+
+
+def n_groups(n_features, group_size):
+    return math.ceil(n_features / group_size)
+
+
+def packed_row_bytes(n_features, bits):
+    return math.ceil(n_features * bits / 8)
+
+
+def _grouped(X, group_size):
+    """``X`` as ``(n, n_groups, group_size)``, a ragged last group padded with its edge."""
+    n, d = X.shape
+    pad = n_groups(d, group_size) * group_size - d
+    if pad:
+        X = torch.cat([X, X[:, -1:].expand(n, pad)], dim=1)
+    return X.reshape(n, -1, group_size)
+
+
+def quantize(X, bits, group_size, scale_dtype=torch.float16, clip_search=True):
+    """Per-group asymmetric quantization of the rows of a float tensor.
+
+    For every group the clipping range ``ratio * [min, max]`` with the lowest squared
+    error is kept (``ratio`` over :data:`CLIP_RATIOS`, or 1 without search). Scales and
+    offsets are rounded to ``scale_dtype`` before the codes are computed, so decoding
+    with the stored values reproduces exactly what was measured.
+
+    Returns
+    -------
+    codes : uint8 tensor of shape (n, n_features)
+    scales, offsets : tensors of dtype ``scale_dtype``, shape (n, n_groups)
+    """
+    n, d = X.shape
+    X = X.to(torch.float32)
+    grouped = _grouped(X, group_size)
+    valid = torch.ones(n_groups(d, group_size) * group_size, dtype=torch.float32)
+    valid[d:] = 0
+    valid = valid.reshape(1, -1, group_size)
+    lo, hi = grouped.amin(dim=2), grouped.amax(dim=2)
+    levels = 2**bits - 1
+    best_err = best_codes = best_scale = best_offset = None
+    for ratio in CLIP_RATIOS if clip_search else (1.0,):
+        scale = ((hi - lo) * ratio / levels).to(scale_dtype)
+        offset = (lo * ratio).to(scale_dtype)
+        s, o = scale.float()[..., None], offset.float()[..., None]
+        safe = torch.where(s > 0, s, torch.ones_like(s))
+        codes = torch.clamp(torch.round((grouped - o) / safe), 0, levels)
+        err = (((codes * s + o) - grouped) ** 2 * valid).sum(dim=2)
+        if best_err is None:
+            best_err, best_codes, best_scale, best_offset = err, codes, scale, offset
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_codes = torch.where(better[..., None], codes, best_codes)
+        best_scale = torch.where(better, scale, best_scale)
+        best_offset = torch.where(better, offset, best_offset)
+    codes = best_codes.reshape(n, -1)[:, :d].to(torch.uint8)
+    return codes, best_scale, best_offset
+
+
+def dequantize(codes, scales, offsets, group_size):
+    """Rows from codes ``(n, d)`` and per-group ``scales``/``offsets`` ``(n, n_groups)``."""
+    d = codes.shape[1]
+    group = torch.arange(d, device=codes.device) // group_size
+    return codes.float() * scales.float()[:, group] + offsets.float()[:, group]
+
+
+def pack_codes(codes, bits):
+    """Pack ``(n, d)`` codes below ``2**bits`` into ``(n, ceil(d * bits / 8))`` uint8."""
+    codes = codes.to(torch.uint8)
+    if bits == 8:
+        return codes.clone()
+    n, d = codes.shape
+    shifts = torch.arange(bits - 1, -1, -1, dtype=torch.uint8)
+    bit_array = ((codes[..., None] >> shifts) & 1).reshape(n, d * bits)
+    n_bytes = packed_row_bytes(d, bits)
+    pad = n_bytes * 8 - d * bits
+    if pad:
+        bit_array = torch.cat([bit_array, bit_array.new_zeros(n, pad)], dim=1)
+    weights = (2 ** torch.arange(7, -1, -1)).to(torch.uint8)
+    return (bit_array.reshape(n, n_bytes, 8) * weights).sum(dim=2, dtype=torch.uint8)
+
+
+def unpack_codes(packed, bits, n_features):
+    """Inverse of :func:`pack_codes`."""
+    if bits == 8:
+        return packed
+    n = packed.shape[0]
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
+    bit_array = ((packed[..., None] >> shifts) & 1).reshape(n, -1)[:, : n_features * bits]
+    weights = (2 ** torch.arange(bits - 1, -1, -1, device=packed.device)).to(torch.uint8)
+    return (bit_array.reshape(n, n_features, bits) * weights).sum(dim=2, dtype=torch.uint8)
+
+
+def _frozen(tensor):
+    return nn.Parameter(torch.as_tensor(tensor), requires_grad=False)
+
+
+@register_table
+class QuantizedTable(CompressedTable):
+    """Rows stored as bit-packed integer codes with a scale and offset per group.
+
+    Row ``i``, column ``j`` decodes to ``code[i, j] * scale[i, g] + offset[i, g]`` where
+    ``g = j // group_size``. The codes live in ``packed`` (uint8, ``bits`` bits a value),
+    so ``n_bytes`` counts ``bits / 8`` bytes a value plus the scales and offsets;
+    ``n_parameters`` counts one value per code, scale and offset.
+
+    Parameters
+    ----------
+    packed : uint8 tensor of shape (n_rows, ceil(n_features * bits / 8))
+    scales, offsets : float tensor of shape (n_rows, n_groups)
+    n_features : int
+    bits : {2, 3, 4, 8}
+    group_size : int
+    """
+
+    def __init__(self, packed, scales, offsets, n_features, bits, group_size):
+        super().__init__()
+        if bits not in SUPPORTED_BITS:
+            raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}.")
+        self.n_features = int(n_features)
+        self.bits = int(bits)
+        self.group_size = int(group_size)
+        self.packed = _frozen(packed)
+        self.scales = _frozen(scales)
+        self.offsets = _frozen(offsets)
+
+    @classmethod
+    def from_rows(cls, X, bits, group_size=None, scale_dtype=torch.float16, clip_search=None):
+        """Quantize the rows of a float tensor ``X`` into a table.
+
+        ``clip_search=None`` searches clipping ranges below 8 bits only.
+        """
+        clip_search = bits < 8 if clip_search is None else clip_search
+        X = torch.as_tensor(X)
+        group_size = X.shape[1] if group_size is None else min(group_size, X.shape[1])
+        codes, scales, offsets = quantize(X, bits, group_size, scale_dtype, clip_search)
+        return cls(pack_codes(codes, bits), scales, offsets, X.shape[1], bits, group_size)
+
+    def decode(self, indices=None):
+        if indices is None:
+            packed, scales, offsets = self.packed, self.scales, self.offsets
+        else:
+            packed, scales, offsets = self.packed[indices], self.scales[indices], self.offsets[indices]
+        shape = packed.shape[:-1]
+        codes = unpack_codes(packed.reshape(-1, packed.shape[-1]), self.bits, self.n_features)
+        rows = dequantize(
+            codes, scales.reshape(codes.shape[0], -1), offsets.reshape(codes.shape[0], -1),
+            self.group_size,
+        )
+        return rows.reshape(*shape, self.n_features)
+
+    @property
+    def num_embeddings(self):
+        return self.packed.shape[0]
+
+    @property
+    def embedding_dim(self):
+        return self.n_features
+
+    @property
+    def n_parameters(self):
+        return self.num_embeddings * self.n_features + self.scales.numel() + self.offsets.numel()
+
+    def config(self):
+        return {
+            "n_rows": self.num_embeddings,
+            "n_features": self.n_features,
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "scale_dtype": str(self.scales.dtype).removeprefix("torch."),
+        }
+
+    @classmethod
+    def empty(cls, n_rows, n_features, bits, group_size, scale_dtype="float16"):
+        dtype = getattr(torch, scale_dtype)
+        groups = n_groups(n_features, group_size)
+        return cls(
+            torch.empty(n_rows, packed_row_bytes(n_features, bits), dtype=torch.uint8),
+            torch.empty(n_rows, groups, dtype=dtype),
+            torch.empty(n_rows, groups, dtype=dtype),
+            n_features,
+            bits,
+            group_size,
+        )

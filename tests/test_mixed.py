@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+
+from skdirection import FrequencyMixedCompressor, PartitionedTable, load_table, save_table
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.RandomState(0)
+    X = (rng.normal(size=(400, 48)) @ rng.normal(size=(48, 48)) / 7).astype(np.float32)
+    counts = rng.zipf(1.3, size=400).astype(float) + 0.5
+    return X, counts
+
+
+@pytest.mark.parametrize("ratio", [4, 8, 16])
+def test_budget_is_met_and_counted(data, ratio):
+    X, counts = data
+    mixed = FrequencyMixedCompressor(ratio, ranks=(4, 8, 16)).fit(X, sample_weight=counts)
+    table = mixed.compress(X)
+    assert table.n_bytes == mixed.stored_size_
+    assert X.shape[0] * X.shape[1] * 4 / table.n_bytes >= ratio
+    decoded = table.decode().numpy()
+    cos = np.sum(decoded * X, 1) / np.linalg.norm(decoded, axis=1) / np.linalg.norm(X, axis=1)
+    np.testing.assert_allclose(np.average(1 - cos, weights=counts), mixed.weighted_cosine_distance_, atol=2e-3)
+
+
+def test_frequent_rows_get_more(data):
+    X, counts = data
+    mixed = FrequencyMixedCompressor(8, ranks=(4, 8, 16)).fit(X, sample_weight=counts)
+    cost = {name: i for i, name in enumerate(mixed.codecs_)}  # codecs_ are in decreasing cost
+    order = np.argsort(-counts)
+    top, bottom = mixed.assignment_[order[:20]], mixed.assignment_[order[-200:]]
+    assert top.mean() < bottom.mean()
+    assert cost["exact"] == 0
+
+
+def test_weights_beat_uniform_on_weighted_error(data):
+    X, counts = data
+    weighted = FrequencyMixedCompressor(16, ranks=(4, 8, 16)).fit(X, sample_weight=counts)
+    uniform = FrequencyMixedCompressor(16, ranks=(4, 8, 16)).fit(X)
+    assert weighted.score(X, sample_weight=counts) > uniform.score(X, sample_weight=counts)
+
+
+def test_params_unit(data):
+    X, counts = data
+    mixed = FrequencyMixedCompressor(5, ratio_unit="params", ranks=(4, 8, 16)).fit(X, sample_weight=counts)
+    table = mixed.compress(X)
+    assert not any(name.startswith("int") for name in mixed.codecs_)
+    assert X.size / table.n_parameters >= 5
+    assert all(p.dtype in (torch.float32, torch.uint8) for p in table.parameters())
+
+
+def test_round_trip_and_errors(data, tmp_path):
+    X, counts = data
+    mixed = FrequencyMixedCompressor(10, ranks=(4, 8)).fit(X, sample_weight=counts)
+    table = mixed.compress(X)
+    save_table(table, tmp_path / "m.safetensors")
+    loaded = load_table(tmp_path / "m.safetensors")
+    assert isinstance(loaded, PartitionedTable) and loaded.n_bytes == table.n_bytes
+    torch.testing.assert_close(loaded.decode(), table.decode())
+    with pytest.raises(ValueError, match="rows"):
+        mixed.compress(X[:10])
+    with pytest.raises(ValueError, match="cannot be reached"):
+        FrequencyMixedCompressor(1000, ranks=(4,)).fit(X)
+    with pytest.raises(ValueError, match="bits"):
+        FrequencyMixedCompressor(4, bits=(5,)).fit(X)

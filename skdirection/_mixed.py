@@ -9,6 +9,7 @@ from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from ._backend import as_source
 from ._base import FLOAT_DTYPES, _check_numeric
 from ._hybrid_table import DenseTable, LinearDecodedTable, NormScaledTable, PartitionedTable
 from ._quantized_table import (
@@ -19,7 +20,7 @@ from ._quantized_table import (
     packed_row_bytes,
     quantize,
 )
-from ._svd import _covariance_eigh
+from ._svd import _covariance_eigh, _weighted_sums
 from .metrics import mean_cosine_similarity
 
 _LATENT_BITS = 8
@@ -212,9 +213,10 @@ class FrequencyMixedCompressor(BaseEstimator):
 
     @staticmethod
     def _basis(rows, weight, rank):
-        _, components, _ = _covariance_eigh(
-            _unit(rows).numpy(), weight, False, rank, torch.device("cpu")
+        total, sums, gram = _weighted_sums(
+            as_source(_unit(rows).numpy()), weight, torch.device("cpu"), torch.float64
         )
+        _, components, _ = _covariance_eigh(total, sums, gram, False, rank)
         return components.float()
 
     def _fixed_candidates(self, rows):

@@ -99,6 +99,8 @@ class ScalarQuantizer(BaseCompressor):
         self.scale_dtype = scale_dtype
         self.clip_search = clip_search
 
+    _fitted_marker = "bits_per_value_"
+
     @property
     def _n_features_out(self):
         return self.n_features_in_ + 2 * self.n_groups_
@@ -145,11 +147,13 @@ class ScalarQuantizer(BaseCompressor):
             scale_dtype, self.clip_search,
         )
 
-    def _encode(self, X):
-        codes, scales, offsets = self._quantize(X)
-        return torch.cat([codes.float(), scales.float(), offsets.float()], dim=1).numpy().astype(
-            X.dtype, copy=False
-        )
+    def _encode(self, source):
+        pieces = []
+        for _, rows in source.chunks():
+            codes, scales, offsets = self._quantize(rows)
+            pieces.append(torch.cat([codes.float(), scales.float(), offsets.float()], dim=1))
+        encoded = torch.cat(pieces) if pieces else torch.empty(0, self._n_features_out)
+        return encoded.numpy().astype(source.dtype, copy=False)
 
     def _decode(self, codes):
         d, g = self.n_features_in_, self.n_groups_

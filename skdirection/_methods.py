@@ -79,10 +79,21 @@ def _svd(n_rows, n_features, ratio, options):
 
 
 def _direction(n_rows, n_features, ratio, options):
-    return DirectionAutoEncoder(
-        n_components=low_rank_components(n_rows, n_features, ratio, bias=True),
+    return DirectionAutoEncoder.paper(
+        low_rank_components(n_rows, n_features, ratio, bias=True),
         max_iter=options["epochs"],
         batch_size=options["batch_size"],
+        device=options["device"],
+        random_state=options["seed"],
+        verbose=options["verbose"],
+    )
+
+
+def _direction_fast(n_rows, n_features, ratio, options):
+    # The package's own training (SVD start, large batches, few epochs); the paper's
+    # epochs and batch size do not apply to it.
+    return DirectionAutoEncoder(
+        low_rank_components(n_rows, n_features, ratio, bias=True),
         device=options["device"],
         random_state=options["seed"],
         verbose=options["verbose"],
@@ -92,4 +103,9 @@ def _direction(n_rows, n_features, ratio, options):
 register_method("svd", _svd, "truncated SVD, not centred (the paper's baseline)")
 register_method(
     "direction", _direction, "the paper's linear autoencoder with the direction loss"
+)
+register_method(
+    "direction-fast",
+    _direction_fast,
+    "the direction loss with this package's fast training (SVD start, batch 512, 5 epochs)",
 )

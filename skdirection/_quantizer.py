@@ -166,7 +166,7 @@ class ScalarQuantizer(BaseCompressor):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features_in_ + 2 * n_groups_)
+        X : array-like of shape (n_samples, n_features + 2 * n_groups)
 
         Returns
         -------

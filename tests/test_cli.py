@@ -85,3 +85,14 @@ def test_ratio_to_components():
     assert build_compressor("direction", 100, 20, 4).max_iter == 30
     with pytest.raises(ValueError, match="unknown method"):
         build_compressor("zip", 100, 20, 4)
+
+
+def test_direction_method_trains_the_papers_way_and_fast_method_the_packages():
+    from skdirection._autoencoder import PAPER_PARAMS
+    from skdirection._methods import DEFAULT_OPTIONS, METHODS
+
+    paper = METHODS["direction"].build(49152, 576, 5.0, dict(DEFAULT_OPTIONS))
+    assert {k: paper.get_params()[k] for k in PAPER_PARAMS} == PAPER_PARAMS
+    assert paper.random_state == 1
+    fast = METHODS["direction-fast"].build(49152, 576, 5.0, dict(DEFAULT_OPTIONS))
+    assert fast.get_params()["init"] == "auto" and fast.n_components == paper.n_components

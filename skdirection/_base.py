@@ -99,10 +99,10 @@ class BaseCompressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         check_is_fitted(self)
         _check_numeric(X)
         codes = check_array(X, dtype=list(FLOAT_DTYPES))
-        if codes.shape[1] != self.n_components:
+        if codes.shape[1] != self._n_features_out:
             raise ValueError(
-                f"inverse_transform expects {self.n_components} columns (n_components), "
-                f"got {codes.shape[1]}."
+                f"inverse_transform expects {self._n_features_out} columns (what transform "
+                f"returns), got {codes.shape[1]}."
             )
         return self._decode(codes)
 

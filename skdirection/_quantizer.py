@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.validation import check_array, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 
-from ._base import FLOAT_DTYPES, BaseCompressor, _check_numeric
+from ._base import BaseCompressor
 from ._quantized_table import (
     FLOAT16_MAX,
     SUPPORTED_BITS,
@@ -160,27 +160,6 @@ class ScalarQuantizer(BaseCompressor):
         values = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))
         rows = dequantize(values[:, :d], values[:, d : d + g], values[:, d + g :], self.group_size_)
         return rows.numpy().astype(codes.dtype, copy=False)
-
-    def inverse_transform(self, X):
-        """Rows from the codes, scales and offsets that :meth:`transform` returns.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features + 2 * n_groups)
-
-        Returns
-        -------
-        X_original : ndarray of shape (n_samples, n_features_in_)
-        """
-        check_is_fitted(self)
-        _check_numeric(X)
-        codes = check_array(X, dtype=list(FLOAT_DTYPES))
-        if codes.shape[1] != self._n_features_out:
-            raise ValueError(
-                f"inverse_transform expects {self._n_features_out} columns (codes, scales "
-                f"and offsets), got {codes.shape[1]}."
-            )
-        return self._decode(codes)
 
     def compress(self, X):
         """The stored form of ``X``: bit-packed codes plus float scales and offsets.

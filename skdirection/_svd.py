@@ -215,6 +215,18 @@ class TruncatedSVDCompressor(BaseCompressor):
         weight = self._check_sample_weight(sample_weight, X)
         n_samples, n_features = X.shape
         self._validate_n_components(n_samples, n_features, max_samples=True)
+        try:
+            return self._fit_rows(source, weight)
+        except BaseException:
+            # An interrupt or error leaves the estimator unfitted, never half-written.
+            self._discard_fitted_state()
+            for name in ("_total", "_sums", "_gram"):
+                self.__dict__.pop(name, None)
+            raise
+
+    def _fit_rows(self, source, weight):
+        X = source.X
+        n_features = X.shape[1]
         device = resolve_device(self.device)
         algorithm = self.algorithm
         if algorithm == "auto":

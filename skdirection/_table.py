@@ -11,7 +11,7 @@ import json
 import torch
 from torch import nn
 
-from ._mlp import forward_layers
+from ._mlp import ACTIVATIONS, forward_layers
 
 _METADATA_KEY = "skdirection_table"
 _TABLE_CLASSES = {}
@@ -85,6 +85,10 @@ class LowRankTable(CompressedTable):
         super().__init__()
         if intercepts is None:
             intercepts = [None] * len(coefs)
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ValueError(
+                f"Unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}."
+            )
         self.activation = activation
         self.latent = _frozen(latent)
         self.coefs = nn.ParameterList([_frozen(c) for c in coefs])

@@ -18,9 +18,6 @@ __all__ = [
     "row_cosine_similarity",
 ]
 
-_ZERO_NORM = 1e-30
-
-
 def _check_pair(X, X_reconstructed):
     X = check_array(X, dtype=[np.float64, np.float32])
     X_reconstructed = check_array(X_reconstructed, dtype=[np.float64, np.float32])
@@ -44,10 +41,12 @@ def row_cosine_similarity(X, X_reconstructed):
     X, X_reconstructed = _check_pair(X, X_reconstructed)
     norms = np.linalg.norm(X, axis=1)
     norms_rec = np.linalg.norm(X_reconstructed, axis=1)
-    zero, zero_rec = norms <= _ZERO_NORM, norms_rec <= _ZERO_NORM
-    dots = np.einsum("ij,ij->i", X, X_reconstructed)
+    zero, zero_rec = norms == 0, norms_rec == 0
+    # Normalising each row first keeps tiny (or huge) rows from under- or overflowing.
     with np.errstate(divide="ignore", invalid="ignore"):
-        similarity = dots / (norms * norms_rec)
+        unit = X / norms[:, None]
+        unit_rec = X_reconstructed / norms_rec[:, None]
+        similarity = np.einsum("ij,ij->i", unit, unit_rec)
     similarity[zero | zero_rec] = 0.0
     similarity[zero & zero_rec] = 1.0
     return np.clip(similarity, -1.0, 1.0)

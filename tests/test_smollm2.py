@@ -102,3 +102,16 @@ def test_smollm2_token_counts(smollm2):
     assert counts.shape == (49152,)
     assert counts.sum() == len(tokenizer(TEXT, add_special_tokens=False)["input_ids"])
     assert np.count_nonzero(counts) > 20
+
+
+@pytest.mark.parametrize("max_tokens", [2, 700, 2048])
+def test_leading_token_ids_equal_the_head_of_the_full_tokenization(smollm2, max_tokens):
+    from skdirection.adapters.transformers import _leading_token_ids
+    from skdirection.datasets import load_wikipedia_text
+
+    _, tokenizer = smollm2
+    text = "\n\n".join(load_wikipedia_text()[:40])
+    full = tokenizer(text)["input_ids"]
+    assert len(full) > 20 * max_tokens  # the prefix path is really taken
+    assert _leading_token_ids(tokenizer, text, max_tokens) == full[:max_tokens]
+    assert _leading_token_ids(tokenizer, text, None) == full

@@ -609,9 +609,7 @@ def _collate(batch, tokenizer):
 
 
 def _causal_windows(model, tokenizer, texts, max_length, stride, max_tokens):
-    ids = torch.as_tensor(tokenizer("\n\n".join(texts))["input_ids"], dtype=torch.long)
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
+    ids = torch.as_tensor(_leading_token_ids(tokenizer, "\n\n".join(texts), max_tokens))
     if len(ids) < 2:
         raise ValueError("the texts hold fewer than 2 tokens: nothing to predict.")
     max_length = max_length or _max_positions(model, 1024)
@@ -629,6 +627,24 @@ def _causal_windows(model, tokenizer, texts, max_length, stride, max_tokens):
         if end == len(ids):
             break
     return windows
+
+
+def _leading_token_ids(tokenizer, text, max_tokens, margin=256):
+    """The first ``max_tokens`` token ids of ``text`` (all of them when ``None``).
+
+    Tokenizes a growing prefix rather than the whole text: a long corpus measured on its
+    first few thousand tokens would otherwise be tokenized in full on every call. The
+    prefix always runs ``margin`` tokens past what is kept, so where it was cut cannot
+    change the kept tokens.
+    """
+    if max_tokens is None:
+        return tokenizer(text)["input_ids"]
+    length = 16 * (max_tokens + margin)
+    while True:
+        ids = tokenizer(text[:length])["input_ids"]
+        if length >= len(text) or len(ids) >= max_tokens + margin:
+            return ids[:max_tokens]
+        length *= 2
 
 
 def _masked_blocks(model, tokenizer, texts, max_length, max_tokens, probability, seed):

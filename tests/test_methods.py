@@ -1,0 +1,102 @@
+"""The method registry: each method meets the requested ratio in the requested unit."""
+
+import numpy as np
+import pytest
+
+from skdirection import FrequencyMixedCompressor, ScalarQuantizer
+from skdirection._methods import (
+    SCALAR_CONFIGS,
+    auto_compressor,
+    build_compressor,
+    scalar_bytes_ratio,
+)
+
+
+def _bytes_ratio(X, table):
+    return X.astype(np.float32).nbytes / table.n_bytes
+
+
+@pytest.fixture(scope="module")
+def table():
+    rng = np.random.RandomState(0)
+    return (rng.normal(size=(600, 64)) @ rng.normal(size=(64, 64)) / 8).astype(np.float32)
+
+
+@pytest.mark.parametrize("n_features", [576, 40, 20])
+@pytest.mark.parametrize("bits, group_size", SCALAR_CONFIGS)
+def test_scalar_bytes_ratio_is_what_the_table_stores(n_features, bits, group_size):
+    X = np.random.RandomState(0).normal(size=(5, n_features)).astype(np.float32)
+    stored = ScalarQuantizer(bits, group_size=group_size).fit(X).compress(X)
+    assert scalar_bytes_ratio(n_features, bits, group_size) == pytest.approx(
+        _bytes_ratio(X, stored), rel=1e-12
+    )
+
+
+@pytest.mark.parametrize("ratio, expected", [
+    (1.5, (8, None)),
+    (3.97, (8, None)),  # int8 a row: 576 bytes of codes + 4 of scale and offset
+    (4.0, (4, 32)),
+    (6.4, (4, 32)),
+    (7.0, (4, None)),
+    (8.0, (3, 32)),
+    (10.0, (3, None)),
+    (10.6, (2, 32)),
+    (15.5, (2, None)),
+])
+def test_scalar_picks_the_most_precise_configuration_that_meets_the_ratio(ratio, expected):
+    quantizer = build_compressor("scalar", 49152, 576, ratio, {"ratio_unit": "bytes"})
+    assert isinstance(quantizer, ScalarQuantizer)
+    assert (quantizer.bits, quantizer.group_size) == expected
+
+
+def test_scalar_needs_bytes_and_a_reachable_ratio():
+    with pytest.raises(ValueError, match="no parameters ratio.*--ratio-unit bytes"):
+        build_compressor("scalar", 49152, 576, 4)
+    with pytest.raises(ValueError, match="ratio 16.0 is too high.*reaches is 15.57"):
+        build_compressor("scalar", 49152, 576, 16.0, {"ratio_unit": "bytes"})
+    with pytest.raises(ValueError, match="ratio_unit must be one of"):
+        build_compressor("svd", 100, 20, 4, {"ratio_unit": "values"})
+
+
+@pytest.mark.parametrize("method", ["svd", "direction", "direction-fast"])
+def test_low_rank_rank_is_the_same_in_both_units(method):
+    ranks = {
+        unit: build_compressor(method, 49152, 576, 5.0, {"ratio_unit": unit}).n_components
+        for unit in ("params", "bytes")
+    }
+    assert ranks["params"] == ranks["bytes"]
+
+
+@pytest.mark.parametrize("ratio", [2.5, 5.0])
+def test_low_rank_bytes_ratio_equals_params_ratio(table, ratio):
+    svd = build_compressor("svd", *table.shape, ratio, {"ratio_unit": "bytes"})
+    stored = svd.fit(table).compress(table)
+    assert _bytes_ratio(table, stored) == pytest.approx(table.size / stored.n_parameters)
+    assert _bytes_ratio(table, stored) >= ratio
+
+
+@pytest.mark.parametrize("unit, ratio", [("bytes", 6.0), ("bytes", 12.0), ("params", 3.0)])
+def test_mixed_meets_the_ratio(table, unit, ratio):
+    mixed = build_compressor("mixed", *table.shape, ratio, {"ratio_unit": unit})
+    assert isinstance(mixed, FrequencyMixedCompressor) and mixed.ratio_unit == unit
+    counts = np.random.RandomState(1).zipf(1.5, size=table.shape[0]).astype(float)
+    stored = mixed.fit(table, sample_weight=counts).compress(table)
+    achieved = _bytes_ratio(table, stored) if unit == "bytes" else (
+        table.size / stored.n_parameters
+    )
+    assert achieved >= ratio
+
+
+def test_auto_quantizes_while_three_bits_meet_the_ratio():
+    int4 = auto_compressor(576, 6.0, "bytes")
+    assert isinstance(int4, ScalarQuantizer) and (int4.bits, int4.group_size) == (4, 32)
+    int3 = auto_compressor(576, 8.0, "bytes")
+    assert isinstance(int3, ScalarQuantizer) and (int3.bits, int3.group_size) == (3, 32)
+    # int2 in groups of 32 would meet 10.6; the mix does better there.
+    mixed = auto_compressor(576, 10.6, "bytes")
+    assert isinstance(mixed, FrequencyMixedCompressor)
+    assert (mixed.ratio, mixed.ratio_unit) == (10.6, "bytes")
+    params = auto_compressor(576, 2.0, "params")
+    assert isinstance(params, FrequencyMixedCompressor) and params.ratio_unit == "params"
+    registered = build_compressor("auto", 49152, 576, 6.0, {"ratio_unit": "bytes"})
+    assert registered.get_params() == int4.get_params()

@@ -16,6 +16,7 @@ COLUMNS = [
     "method",
     "target",
     "ratio",
+    "bytes_ratio",
     "n_components",
     "embedding_params",
     "model_params",
@@ -82,7 +83,8 @@ def evaluate(
     -------
     rows : list of dict
         Keys listed in ``COLUMNS``; ``ratio`` is the achieved ratio with every stored
-        parameter of the table counted.
+        parameter of the table counted, ``bytes_ratio`` the float32 bytes of the matrix
+        over the stored bytes of the table.
     """
     from .adapters.transformers import (
         count_parameters,
@@ -128,6 +130,7 @@ def evaluate(
             "method": "none",
             "target": target,
             "ratio": 1.0,
+            "bytes_ratio": 1.0,
             "n_components": None,
             "embedding_params": int(matrix.size),
             "model_params": count_parameters(model),
@@ -155,6 +158,7 @@ def evaluate(
                 "method": method,
                 "target": target,
                 "ratio": report.embedding_ratio,
+                "bytes_ratio": matrix.nbytes / table.n_bytes,
                 "n_components": getattr(compressor, "n_components", None),
                 "embedding_params": report.embedding_params_after,
                 "model_params": report.model_params_after,

@@ -37,7 +37,7 @@ def test_evaluate_json(model_folder, tmp_path, capsys):
     assert [(r["method"], r["n_components"]) for r in rows] == [
         ("none", None), ("svd", 4), ("svd", 7), ("direction", 4), ("direction", 7)
     ]
-    required = {"method", "target", "ratio", "n_components", "embedding_params",
+    required = {"method", "target", "ratio", "bytes_ratio", "n_components", "embedding_params",
                 "model_params", "perplexity", "baseline_perplexity", "mean_cosine",
                 "fit_seconds"}
     for row in rows:
@@ -46,6 +46,9 @@ def test_evaluate_json(model_folder, tmp_path, capsys):
     assert all(r["ratio"] >= requested for r, requested in zip(rows[1:], [4, 2.5, 4, 2.5]))
     assert rows[1]["embedding_params"] == 51 * 4 + 4 * 32
     assert rows[3]["embedding_params"] == 51 * 4 + 4 * 32 + 32
+    assert rows[0]["bytes_ratio"] == 1.0
+    # Low-rank tables store float32: 4 bytes a parameter.
+    assert all(r["bytes_ratio"] == pytest.approx(r["ratio"]) for r in rows)
     assert plot.stat().st_size > 0
 
 
@@ -56,7 +59,7 @@ def test_evaluate_formats(model_folder, capsys, fmt):
           "--eval-text", str(text), "--format", fmt, "--quiet", "--target", "both"])
     out = capsys.readouterr().out.splitlines()
     assert len(out) == (4 if fmt == "table" else 3)
-    assert "perplexity" in out[0]
+    assert "perplexity" in out[0] and "bytes_ratio" in out[0]
 
 
 def test_evaluate_errors(model_folder, tmp_path):

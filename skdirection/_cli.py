@@ -1,9 +1,11 @@
 """The ``skdirection`` command: what compressing a model's embedding costs the model.
 
-Example::
+Examples::
 
     skdirection evaluate --model smollm2 --method svd --method direction \\
         --ratio 10 --ratio 5 --ratio 2.5 --max-tokens 4096
+    skdirection evaluate --model smollm2 --method scalar --method auto \\
+        --ratio-unit bytes --ratio 8 --ratio 16
 """
 
 import argparse
@@ -12,11 +14,26 @@ import io
 import json
 import math
 import sys
+import textwrap
 from pathlib import Path
 
-from ._methods import DEFAULT_OPTIONS, METHODS
+from ._methods import DEFAULT_OPTIONS, METHODS, RATIO_UNITS
 
 _MODELS = ("smollm2", "minilm")
+
+
+def _methods_epilog(width=78, indent=18):
+    lines = ["methods:"]
+    for name, method in METHODS.items():
+        lines.append(
+            textwrap.fill(
+                method.description,
+                width,
+                initial_indent=f"  {name}".ljust(indent),
+                subsequent_indent=" " * indent,
+            )
+        )
+    return "\n".join(lines)
 
 
 def _parser():
@@ -28,12 +45,16 @@ def _parser():
     evaluate = commands.add_parser(
         "evaluate",
         help="compress a model's embedding at several ratios and measure the cost",
-        description=(
+        description=textwrap.fill(
             "Fit each method at each ratio on the model's embedding matrix, put the "
             "compressed table in the model, and measure perplexity (language models) or "
             "the preservation of sentence similarities (encoders). One row per "
-            "(method, ratio), plus the uncompressed baseline."
+            "(method, ratio), plus the uncompressed baseline; each row gives the achieved "
+            "ratio in parameters ('ratio') and in bytes ('bytes_ratio').",
+            78,
         ),
+        epilog=_methods_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     evaluate.add_argument(
         "--model", required=True,
@@ -41,12 +62,20 @@ def _parser():
     )
     evaluate.add_argument(
         "--method", action="append", choices=sorted(METHODS), dest="methods",
-        help="compression method (repeat for several; default: svd and direction)",
+        help="compression method, described below (repeat for several; default: svd "
+        "and direction)",
     )
     evaluate.add_argument(
         "--ratio", action="append", type=float, dest="ratios",
-        help="compression ratio of the embedding, all stored parameters counted "
-        "(repeat for several; default: 10, 5, 2.5)",
+        help="compression ratio to meet: the float32 embedding's size over the stored "
+        "table's, counted in --ratio-unit (repeat for several; default: 10, 5, 2.5)",
+    )
+    evaluate.add_argument(
+        "--ratio-unit", choices=RATIO_UNITS, default=DEFAULT_OPTIONS["ratio_unit"],
+        help="what --ratio counts: 'params', every stored value (the paper's metric; "
+        "default), or 'bytes', every stored byte. The low-rank methods store float32 "
+        "values, so both units give them the same rank; scalar needs 'bytes', as "
+        "quantization keeps every value",
     )
     evaluate.add_argument("--target", choices=("input", "output", "both"), default="input")
     evaluate.add_argument(
@@ -55,7 +84,8 @@ def _parser():
     )
     evaluate.add_argument(
         "--counts-text", type=Path,
-        help="plain-text file whose token counts weight the fit (default: unweighted)",
+        help="plain-text file whose token counts weight the fit (scalar quantization "
+        "cannot use them; default: every row the same weight)",
     )
     evaluate.add_argument(
         "--max-tokens", type=int, default=None,
@@ -72,7 +102,9 @@ def _parser():
     evaluate.add_argument("--seed", type=int, default=DEFAULT_OPTIONS["seed"])
     evaluate.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:N'")
     evaluate.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    evaluate.add_argument("--plot", type=Path, help="write perplexity against ratio (PNG)")
+    evaluate.add_argument(
+        "--plot", type=Path, help="write perplexity against the ratio in --ratio-unit (PNG)"
+    )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars or log")
     return parser
 
@@ -152,20 +184,22 @@ def format_rows(rows, fmt):
     return "\n".join(lines)
 
 
-def plot_rows(rows, path, title=None):
-    """Perplexity (or similarity) against ratio, one line per method."""
+def plot_rows(rows, path, title=None, ratio_unit="params"):
+    """Perplexity (or similarity) against the ratio in ``ratio_unit``, one line per
+    method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metric = "perplexity" if rows[0]["perplexity"] is not None else "similarity_spearman"
+    ratio = "bytes_ratio" if ratio_unit == "bytes" else "ratio"
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in dict.fromkeys(r["method"] for r in rows[1:]):
-        points = sorted((r["ratio"], r[metric]) for r in rows if r["method"] == method)
+        points = sorted((r[ratio], r[metric]) for r in rows if r["method"] == method)
         ax.plot(*zip(*points), marker="o", label=method)
     ax.axhline(rows[0][metric], color="gray", linestyle="--", label="uncompressed")
-    ax.set_xlabel("embedding compression ratio")
+    ax.set_xlabel(f"embedding compression ratio ({ratio_unit})")
     ax.set_ylabel(metric.replace("_", " "))
     if title:
         ax.set_title(title)
@@ -196,6 +230,7 @@ def _evaluate_command(args):
         "seed": args.seed,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
+        "ratio_unit": args.ratio_unit,
     }
     try:
         rows = evaluate(
@@ -215,7 +250,10 @@ def _evaluate_command(args):
         raise SystemExit(f"skdirection: {exc}") from None
     print(format_rows(rows, args.format))
     if args.plot:
-        plot_rows(rows, args.plot, title=f"{args.model}, target={args.target}")
+        plot_rows(
+            rows, args.plot, title=f"{args.model}, target={args.target}",
+            ratio_unit=args.ratio_unit,
+        )
         log(f"plot written to {args.plot}")
     return 0
 

@@ -37,9 +37,9 @@ def test_evaluate_json(model_folder, tmp_path, capsys):
     assert [(r["method"], r["n_components"]) for r in rows] == [
         ("none", None), ("svd", 4), ("svd", 7), ("direction", 4), ("direction", 7)
     ]
-    required = {"method", "target", "ratio", "bytes_ratio", "n_components", "embedding_params",
-                "model_params", "perplexity", "baseline_perplexity", "mean_cosine",
-                "fit_seconds"}
+    required = {"method", "target", "ratio", "bytes_ratio", "n_components",
+                "embedding_params", "model_params", "perplexity", "baseline_perplexity",
+                "mean_cosine", "fit_seconds"}
     for row in rows:
         assert required <= row.keys()
         assert row["baseline_perplexity"] == rows[0]["perplexity"]
@@ -75,10 +75,69 @@ def test_evaluate_errors(model_folder, tmp_path):
               "--method", "svd", "--ratio", "1000"])
 
 
+def _evaluate_json(folder, text, capsys, *args):
+    main(["evaluate", "--model", str(folder), "--eval-text", str(text), "--device", "cpu",
+          "--format", "json", "--quiet", *args])
+    return json.loads(capsys.readouterr().out)
+
+
+def test_scalar_in_bytes(model_folder, capsys):
+    folder, text = model_folder
+    rows = _evaluate_json(folder, text, capsys, "--method", "scalar", "--ratio-unit",
+                          "bytes", "--ratio", "3", "--ratio", "6", "--ratio", "10")
+    n_rows, n_features = 51, 32
+    # 32 features: int8, then int4 and int2 (groups of 32 are a whole row), each row with
+    # a float16 scale and offset.
+    row_bytes = [n_features + 4, n_features // 2 + 4, n_features // 4 + 4]
+    for row, stored in zip(rows[1:], row_bytes, strict=True):
+        assert row["bytes_ratio"] == pytest.approx(4 * n_features / stored)
+        assert row["embedding_params"] == n_rows * (n_features + 2)
+        assert row["ratio"] < 1  # quantization keeps every value, and adds scales
+    assert [round(r["bytes_ratio"], 2) for r in rows[1:]] == [3.56, 6.4, 10.67]
+
+
+def test_auto_and_mixed_meet_the_ratio(model_folder, capsys):
+    folder, text = model_folder
+    rows = _evaluate_json(folder, text, capsys, "--method", "auto", "--method", "mixed",
+                          "--ratio-unit", "bytes", "--ratio", "6", "--ratio", "9",
+                          "--counts-text", str(text))
+    assert [r["method"] for r in rows[1:]] == ["auto", "auto", "mixed", "mixed"]
+    requested = [6, 9, 6, 9]
+    assert all(r["bytes_ratio"] >= x for r, x in zip(rows[1:], requested, strict=True))
+    assert rows[1]["bytes_ratio"] == pytest.approx(6.4)  # int4 in groups of 32
+    # At 9x no scalar code of 3 bits or more fits: auto is the mix, weighted alike.
+    for key in ("bytes_ratio", "embedding_params", "perplexity"):
+        assert rows[2][key] == rows[4][key]
+
+
+def test_impossible_ratios_exit_with_one_line(model_folder, capsys):
+    folder, text = model_folder
+    with pytest.raises(SystemExit, match="no parameters ratio.*--ratio-unit bytes"):
+        main(["evaluate", "--model", str(folder), "--eval-text", str(text), "--quiet",
+              "--method", "scalar", "--ratio", "4"])
+    with pytest.raises(SystemExit, match="cannot be reached"):
+        main(["evaluate", "--model", str(folder), "--eval-text", str(text), "--quiet",
+              "--method", "mixed", "--ratio", "4"])
+    done = subprocess.run(
+        [sys.executable, "-m", "skdirection", "evaluate", "--model", str(folder),
+         "--eval-text", str(text), "--quiet", "--method", "scalar", "--ratio-unit",
+         "bytes", "--ratio", "50"],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "skdirection: ratio 50.0 is too high for scalar quantization of 32 features: the "
+        "largest bytes ratio it reaches is 10.67."
+    )
+
+
 def test_python_dash_m_help():
     out = subprocess.run([sys.executable, "-m", "skdirection", "evaluate", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "--ratio" in out and "--eval-text" in out
+    assert "--ratio-unit {params,bytes}" in out
+    for name in ("scalar", "mixed", "auto"):
+        assert f"\n  {name} " in out  # each method described below the options
 
 
 def test_ratio_to_components():

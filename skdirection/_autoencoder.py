@@ -126,7 +126,7 @@ class DirectionAutoEncoder(BaseCompressor):
         Stop after this many epochs in a row without progress; ``None`` runs all
         ``max_iter`` epochs. While the element power anneals, the loss of later
         epochs is not comparable with earlier ones (it rises as the power falls), so
-        the rule is off by default.
+        those epochs always count as progress.
     learning_rate : float, default=1e-3
         Adam's initial learning rate.
     lr_step_size : int, default=4
@@ -159,8 +159,9 @@ class DirectionAutoEncoder(BaseCompressor):
     loss_curve_ : list of float
         Mean training loss of each epoch (of each ``partial_fit`` call).
     best_loss_ : float
-        Lowest epoch loss; after ``fit`` the weights are those of that epoch, after
-        ``partial_fit`` those of the last call.
+        Lowest epoch loss among the epochs at the final element power (or the last
+        epoch's, while the power still anneals); after ``fit`` the weights are those of
+        that epoch, after ``partial_fit`` those of the last call.
     n_iter_ : int
         Number of epochs run.
     device_ : str
@@ -183,7 +184,8 @@ class DirectionAutoEncoder(BaseCompressor):
     The stored form counts ``n_rows * n_components`` latent values plus the decoder's
     weights and biases; the encoder is discarded. The paper selects the checkpoint with
     the best test perplexity; this estimator keeps the epoch with the lowest training
-    loss instead, which needs no test data.
+    loss instead, which needs no test data. Epochs whose element power still anneals
+    have a different loss and do not compete.
 
     References
     ----------
@@ -441,17 +443,24 @@ class DirectionAutoEncoder(BaseCompressor):
                     n_iter_no_change=self.n_iter_no_change,
                     verbose=self.verbose,
                     description=type(self).__name__,
+                    comparable_from=self._annealing_epochs(),
                 )
         except BaseException:
             self._discard_fitted_state()
             raise
         self.loss_curve_ = loss_curve
         self.n_iter_ = len(loss_curve)
-        self.best_loss_ = min(loss_curve, default=float("inf"))
+        self.best_loss_ = trainer.best_loss if loss_curve else float("inf")
         self._store_weights(net)
         self.device_ = str(device)
         self._trainer = (trainer, generator)
         return self
+
+    def _annealing_epochs(self):
+        """Epochs during which the element power still changes the loss."""
+        if not self.element_weight or self.element_power_start == self.element_power_end:
+            return 0
+        return self.element_power_epochs
 
     def _make_trainer(self, net, device, wrap=None, reduce=None):
         trainer = Trainer(

@@ -115,7 +115,7 @@ class Trainer:
 
 
 def train(trainer, batches, *, max_iter, tol=0.0, n_iter_no_change=None, verbose=0,
-          description="fit"):
+          description="fit", comparable_from=0):
     """Run up to ``max_iter`` epochs; keep the parameters of the best epoch.
 
     Parameters
@@ -123,6 +123,10 @@ def train(trainer, batches, *, max_iter, tol=0.0, n_iter_no_change=None, verbose
     trainer : Trainer
         On return its module holds the parameters of the epoch with the lowest mean
         training loss, which is also what a ``KeyboardInterrupt`` leaves.
+    comparable_from : int
+        First epoch (counted by the trainer, so across ``partial_fit`` calls) whose loss
+        is comparable with later ones; before it the loss itself changes (an annealed
+        term), so such an epoch is kept only while no comparable epoch has run.
     batches : iterable
         Re-iterable: each iteration is one epoch of ``(rows, weight)`` batches.
     tol, n_iter_no_change : float, int or None
@@ -132,7 +136,8 @@ def train(trainer, batches, *, max_iter, tol=0.0, n_iter_no_change=None, verbose
     Returns
     -------
     loss_curve : list of float
-        Mean training loss of each completed epoch.
+        Mean training loss of each completed epoch. ``trainer.best_loss`` is the loss
+        of the epoch kept.
     """
     module = trainer.module
     loss_curve = []
@@ -144,9 +149,16 @@ def train(trainer, batches, *, max_iter, tol=0.0, n_iter_no_change=None, verbose
             epoch_loss = trainer.run_epoch(batches)
             loss_curve.append(epoch_loss)
             epochs.set_postfix(loss=f"{epoch_loss:.5f}")
-            improved = not loss_curve[:-1] or epoch_loss < best_loss - tol * abs(best_loss)
-            if epoch_loss < best_loss:
-                best_loss, best_state = epoch_loss, copy.deepcopy(module.state_dict())
+            if trainer.epoch <= comparable_from:
+                # Not comparable: it stands as the best only until a comparable one runs.
+                best_loss, improved = float("inf"), True
+                best_state = copy.deepcopy(module.state_dict())
+            else:
+                improved = not math.isfinite(best_loss) or (
+                    epoch_loss < best_loss - tol * abs(best_loss)
+                )
+                if epoch_loss < best_loss:
+                    best_loss, best_state = epoch_loss, copy.deepcopy(module.state_dict())
             stale = 0 if improved else stale + 1
             if n_iter_no_change is not None and stale >= n_iter_no_change:
                 break
@@ -160,4 +172,5 @@ def train(trainer, batches, *, max_iter, tol=0.0, n_iter_no_change=None, verbose
             stacklevel=3,
         )
     module.load_state_dict(best_state)
+    trainer.best_loss = best_loss if math.isfinite(best_loss) else loss_curve[-1]
     return loss_curve

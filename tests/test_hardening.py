@@ -314,6 +314,34 @@ def test_interrupt_restores_the_best_epoch_not_the_last():
     assert not torch.equal(module.p.detach(), seen[1])
 
 
+def test_epochs_of_a_changing_loss_never_beat_comparable_ones():
+    # The loss of epochs 0 and 1 is a different function (an annealed term): their low
+    # values must not win over the comparable epochs 2 to 4, of which 3 is the best.
+    targets = [0.0, 0.0, 4.0, 1.0, 9.0]
+    seen = {}
+
+    def batch_loss(module, rows, weight, epoch):
+        seen.setdefault(epoch, module.p.detach().clone())
+        return ((module.p - targets[epoch]) ** 2).sum() + (100.0 if epoch >= 2 else 0.0)
+
+    module = _Scalar()
+    trainer = Trainer(module, batch_loss, learning_rate=0.5, lr_step_size=100, lr_decay=1.0)
+    loss_curve = train(trainer, [(torch.zeros(2, 1), torch.ones(2))], max_iter=5,
+                       comparable_from=2)
+    assert int(np.argmin(loss_curve)) in (0, 1)
+    assert trainer.best_loss == min(loss_curve[2:]) == loss_curve[3]
+    # The state after epoch 3 is the state epoch 4 started from.
+    assert torch.equal(module.p.detach(), seen[4])
+
+
+def test_annealing_autoencoder_keeps_an_epoch_with_the_final_loss(embeddings):
+    model = DirectionAutoEncoder(3, element_power_epochs=3, **{**FAST, "max_iter": 6})
+    model.fit(embeddings)
+    assert model.best_loss_ == min(model.loss_curve_[3:])
+    still_annealing = DirectionAutoEncoder(3, element_power_epochs=20, **FAST).fit(embeddings)
+    assert still_annealing.best_loss_ == still_annealing.loss_curve_[-1]
+
+
 def test_interrupted_refit_leaves_no_stale_fitted_state(embeddings, monkeypatch):
     model = DirectionAutoEncoder(3, **FAST).fit(embeddings)
 

@@ -84,11 +84,15 @@ def test_svd_start_beats_random_start_at_equal_epochs(embeddings):
 
 
 def test_stopping_rule(embeddings):
-    # A relative tolerance of 1 can never be met after the first epoch.
-    stopped = DirectionAutoEncoder(tol=1.0, n_iter_no_change=2, max_iter=10, **AE).fit(
-        embeddings
-    )
+    # A relative tolerance of 1 can never be met after the first comparable epoch.
+    stopped = DirectionAutoEncoder(
+        tol=1.0, n_iter_no_change=2, max_iter=10, element_power_epochs=0, **AE
+    ).fit(embeddings)
     assert stopped.n_iter_ == 3
+    annealing = DirectionAutoEncoder(
+        tol=1.0, n_iter_no_change=2, max_iter=10, element_power_epochs=4, **AE
+    ).fit(embeddings)
+    assert annealing.n_iter_ == 7  # epochs 0-3 anneal, 4 is the first comparable one
     full = DirectionAutoEncoder(tol=1.0, n_iter_no_change=None, max_iter=10, **AE)
     assert full.fit(embeddings).n_iter_ == 10
 

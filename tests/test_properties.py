@@ -108,7 +108,10 @@ def test_svd_any_small_table(data, algorithm, center, k_fraction):
     X_hat = _check_output(svd, X, k)
     assert np.all(np.isfinite(svd.explained_variance_ratio_))
     assert np.all(svd.explained_variance_ratio_ >= 0)
-    spread = np.ptp(X.astype(np.float64), axis=0).max()
+    # Rows whose weight is negligible next to the largest take no part in the fit: a
+    # weight 1e-244 times another's vanishes in a float64 sum.
+    counted = np.ones(n_rows, bool) if weight is None else weight > 1e-8 * weight.max()
+    spread = np.ptp(X[counted].astype(np.float64), axis=0).max() if counted.any() else 0.0
     if spread > 1e-3 * max(1.0, float(np.abs(X).max())):
         # Tables of (numerically) identical rows: see
         # test_hardening.py::test_explained_variance_ratio_of_identical_rows_is_at_most_one
@@ -122,7 +125,7 @@ def test_svd_any_small_table(data, algorithm, center, k_fraction):
         assert np.all(norms_hat <= norms + tolerance * scale)
         assert np.all(X_hat[norms == 0] == 0)
     # With every row weighted, a rank-k table is reproduced; a zero weight lets a row go.
-    all_weighted = weight is None or np.all(weight > 0)
+    all_weighted = bool(counted.all())
     if all_weighted and np.linalg.matrix_rank(X.astype(np.float64)) <= k and not center:
         np.testing.assert_allclose(X_hat, X, atol=tolerance * scale * n_features)
 
@@ -171,7 +174,8 @@ def test_n_components_not_below_n_features_is_a_clear_error(data, extra):
             model.fit(X)
 
 
-@SETTINGS
+# Most drawn tables have more rows than features and are filtered out by assume().
+@settings(SETTINGS, suppress_health_check=[*SETTINGS.suppress_health_check, HealthCheck.filter_too_much])
 @given(data=tables(min_features=3))
 def test_svd_rank_above_n_rows_is_a_clear_error(data):
     X, _ = data

@@ -24,6 +24,21 @@ def test_element_error_matches_definition():
     assert element_error(x_hat, x, 0.5).item() == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("power", [1.0, 0.55, 0.1])
+def test_element_error_gradient_matches_autograd_of_the_definition(power):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, generator=generator, dtype=torch.float64)
+    x_hat = torch.randn(6, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    row_weights = torch.rand(6, generator=generator, dtype=torch.float64)
+    (row_weights * element_error(x_hat, x, power)).sum().backward()
+    fused = x_hat.grad.clone()
+    x_hat.grad = None
+    reference = ((x_hat - x).abs() + 1e-10).pow(power).mean(dim=1)
+    (row_weights * reference).sum().backward()
+    torch.testing.assert_close(fused, x_hat.grad)
+    assert torch.autograd.gradcheck(lambda a: element_error(a, x, power), (x_hat.detach().requires_grad_(),))
+
+
 def test_weights_select_rows():
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     x_hat = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # second row orthogonal: distance 1

@@ -25,11 +25,11 @@ def machine_description(device="cpu"):
 
 
 def format_table(rows, columns):
-    """Rows (dicts) as an aligned plain-text table; floats with 4 significant digits."""
+    """Rows (dicts) as an aligned plain-text table; floats with 5 significant digits."""
 
     def cell(value):
         if isinstance(value, float):
-            return f"{value:.4g}"
+            return f"{value:.5g}"
         return str(value)
 
     cells = [[cell(row.get(c, "")) for c in columns] for row in rows]

@@ -2,7 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from skdirection import FrequencyMixedCompressor, PartitionedTable, load_table, save_table
+from skdirection import (
+    FrequencyMixedCompressor,
+    PartitionedTable,
+    ScalarQuantizer,
+    load_table,
+    save_table,
+)
+
+
+def row_cosines(X, Y):
+    return np.sum(X * Y, 1) / np.linalg.norm(X, axis=1) / np.linalg.norm(Y, axis=1)
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +75,23 @@ def test_round_trip_and_errors(data, tmp_path):
         FrequencyMixedCompressor(1000, ranks=(4,)).fit(X)
     with pytest.raises(ValueError, match="bits"):
         FrequencyMixedCompressor(4, bits=(5,)).fit(X)
+
+
+def test_never_worse_than_one_scalar_codec_for_every_row(data):
+    # int3 in groups of 32 stores 18 bytes of codes and 2 x 4 of scales and offsets per
+    # 48-value row: 7.38x. Any row may take it, so the mix at 7x must do at least as well.
+    X, counts = data
+    uniform = ScalarQuantizer(3, group_size=32).fit(X).compress(X).decode().numpy()
+    uniform_distance = np.average(1 - row_cosines(X, uniform), weights=counts)
+    mixed = FrequencyMixedCompressor(7, ranks=(4, 8, 16)).fit(X, sample_weight=counts)
+    assert mixed.weighted_cosine_distance_ <= uniform_distance
+    per_row_only = FrequencyMixedCompressor(7, group_sizes=(None,), ranks=(4, 8, 16))
+    per_row_only.fit(X, sample_weight=counts)
+    assert mixed.weighted_cosine_distance_ < per_row_only.weighted_cosine_distance_
+    assert any(name.endswith("-g32") for name in np.asarray(mixed.codecs_)[mixed.assignment_])
+
+
+def test_group_sizes_are_checked(data):
+    X, _ = data
+    with pytest.raises(ValueError, match="group_sizes"):
+        FrequencyMixedCompressor(4, group_sizes=(0,)).fit(X)

@@ -17,6 +17,11 @@ SUPPORTED_BITS = (2, 3, 4, 8)
 # Shrink factors of a group's [min, max] range tried by the clipping search: clipping a
 # few outliers buys finer steps for every other value of the group.
 CLIP_RATIOS = tuple(1.0 - 0.05 * i for i in range(11))
+# The search minimises the sum of |error| ** CLIP_ERROR_POWER, not squared error: a
+# language model suffers from a clipped outlier more than the squared error says. On
+# SmolLM2-135M (perplexity on Hamlet) powers 2, 4 and 8 gave x1.069, x1.031, x1.023
+# for int4 per row and x1.267, x1.170, x1.162 for int2 in groups of 32.
+CLIP_ERROR_POWER = 8
 FLOAT16_MAX = 65504.0
 
 
@@ -40,8 +45,8 @@ def _grouped(X, group_size):
 def quantize(X, bits, group_size, scale_dtype=torch.float16, clip_search=True):
     """Per-group asymmetric quantization of the rows of a float tensor.
 
-    For every group the clipping range ``ratio * [min, max]`` with the lowest squared
-    error is kept (``ratio`` over :data:`CLIP_RATIOS`, or 1 without search). Scales and
+    For every group the clipping range ``ratio * [min, max]`` with the lowest sum of
+    ``|error| ** CLIP_ERROR_POWER`` is kept (``ratio`` over :data:`CLIP_RATIOS`, or 1 without search). Scales and
     offsets are rounded to ``scale_dtype`` before the codes are computed, so decoding
     with the stored values reproduces exactly what was measured.
 
@@ -57,6 +62,7 @@ def quantize(X, bits, group_size, scale_dtype=torch.float16, clip_search=True):
     valid[d:] = 0
     valid = valid.reshape(1, -1, group_size)
     lo, hi = grouped.amin(dim=2), grouped.amax(dim=2)
+    spread = (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)[..., None]
     levels = 2**bits - 1
     best_err = best_codes = best_scale = best_offset = None
     for ratio in CLIP_RATIOS if clip_search else (1.0,):
@@ -65,7 +71,9 @@ def quantize(X, bits, group_size, scale_dtype=torch.float16, clip_search=True):
         s, o = scale.float()[..., None], offset.float()[..., None]
         safe = torch.where(s > 0, s, torch.ones_like(s))
         codes = torch.clamp(torch.round((grouped - o) / safe), 0, levels)
-        err = (((codes * s + o) - grouped) ** 2 * valid).sum(dim=2)
+        # Errors relative to the group's range, so that the power cannot underflow.
+        relative = ((codes * s + o) - grouped).abs() / spread
+        err = (relative**CLIP_ERROR_POWER * valid).sum(dim=2)
         if best_err is None:
             best_err, best_codes, best_scale, best_offset = err, codes, scale, offset
             continue

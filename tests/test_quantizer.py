@@ -58,6 +58,23 @@ def test_clip_search_lowers_error(X):
     assert err[1] < err[0]
 
 
+def test_clip_search_spares_outliers_more_than_squared_error_would(X, monkeypatch):
+    import skdirection._quantized_table as quantized_table
+
+    X = X.copy()
+    X[:, 0] *= 4
+
+    def errors():
+        searched = ScalarQuantizer(3).fit(X)
+        return np.abs(searched.inverse_transform(searched.transform(X)) - X)
+
+    spared = errors()
+    monkeypatch.setattr(quantized_table, "CLIP_ERROR_POWER", 2)
+    squared = errors()
+    assert spared.max(axis=1).mean() < squared.max(axis=1).mean()
+    assert (spared**2).sum() > (squared**2).sum()  # what the squared-error search minimises
+
+
 def test_constant_rows_decode_exactly():
     X = np.full((3, 8), 0.5, dtype=np.float32)
     q = ScalarQuantizer(3).fit(X)

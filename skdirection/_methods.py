@@ -111,12 +111,14 @@ def auto_compressor(n_features, ratio, ratio_unit):
     """The package's preset for a ratio: the most precise scalar quantizer of at least 3
     bits that meets a bytes ratio, otherwise :class:`FrequencyMixedCompressor`.
 
-    On SmolLM2-135M, int4 in groups of 32 multiplies perplexity by 1.001 at 6.4x fewer
-    bytes and int3 in groups of 32 by 1.024 at 8x, both better than the frequency-aware
-    mix at those ratios. Two bits lose much more (x1.23 at 10.7x), so higher ratios go
-    to the mix, which spends its bytes on the frequent rows (``sample_weight``) and
-    reaches ratios no scalar code does. Scalar quantization keeps every value, so a
-    parameters ratio always goes to the mix.
+    On SmolLM2-135M (perplexity on Hamlet, ``benchmarks/bench_quality.py``), int4 in
+    groups of 32 multiplies perplexity by 1.006 at 6.4x fewer bytes, int3 in groups of
+    32 by 1.028 at 8x and int3 per row by 1.114 at 10.5x, each better than the
+    frequency-aware mix at the same ratio (x1.057 at 8x, x1.181 at 10x). Two bits lose
+    more (int2 in groups of 32: x1.16 at 10.7x; per row x1.70 at 15.6x, where the mix
+    gives x1.74 at 16x), so higher ratios go to the mix, which reaches ratios no scalar
+    code does. Scalar quantization keeps every value, so a parameters ratio always goes
+    to the mix.
     """
     config = scalar_config(n_features, ratio, min_bits=3) if ratio_unit == "bytes" else None
     if config is None:

@@ -32,7 +32,10 @@ def test_budget_is_met_and_counted(data, ratio):
     assert X.shape[0] * X.shape[1] * 4 / table.n_bytes >= ratio
     decoded = table.decode().numpy()
     cos = np.sum(decoded * X, 1) / np.linalg.norm(decoded, axis=1) / np.linalg.norm(X, axis=1)
-    np.testing.assert_allclose(np.average(1 - cos, weights=counts), mixed.weighted_cosine_distance_, atol=2e-3)
+    # The objective weighs rows by the counts' square root (weight_power=0.5).
+    np.testing.assert_allclose(
+        np.average(1 - cos, weights=np.sqrt(counts)), mixed.weighted_cosine_distance_, atol=2e-3
+    )
 
 
 def test_frequent_rows_get_more(data):
@@ -95,3 +98,16 @@ def test_group_sizes_are_checked(data):
     X, _ = data
     with pytest.raises(ValueError, match="group_sizes"):
         FrequencyMixedCompressor(4, group_sizes=(0,)).fit(X)
+
+
+def test_weight_power_tempers_the_counts(data):
+    X, counts = data
+    unweighted = FrequencyMixedCompressor(8, ranks=(4, 8, 16)).fit(X)
+    flat = FrequencyMixedCompressor(8, ranks=(4, 8, 16), weight_power=0).fit(X, sample_weight=counts)
+    np.testing.assert_array_equal(flat.assignment_, unweighted.assignment_)
+    raw = FrequencyMixedCompressor(8, ranks=(4, 8, 16), weight_power=1).fit(X, sample_weight=counts)
+    root = FrequencyMixedCompressor(8, ranks=(4, 8, 16)).fit(X, sample_weight=counts)
+    # The square root spreads bytes more evenly: the rarest rows lose less.
+    rare = np.argsort(counts)[:100]
+    cosine_rare = [row_cosines(X[rare], m.compress(X).decode().numpy()[rare]).mean() for m in (raw, root)]
+    assert cosine_rare[1] > cosine_rare[0]

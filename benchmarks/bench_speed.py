@@ -25,6 +25,7 @@ from _common import (  # noqa: E402
     RESULTS,
     format_table,
     machine_description,
+    perplexity_meter,
     smollm2_embedding,
     timed,
     write_csv,
@@ -50,28 +51,6 @@ def median_fit(make, X, repeats, device):
     return statistics.median(times), model
 
 
-def perplexity_meter(n_tokens):
-    """``measure(table) -> perplexity`` of SmolLM2 with its input embedding replaced."""
-    from skdirection.adapters.transformers import (
-        patch_embeddings,
-        perplexity,
-        unpatch_embeddings,
-    )
-    from skdirection.datasets import load_smollm2, load_wikipedia_text
-
-    model, tokenizer = load_smollm2()
-    texts = load_wikipedia_text()
-
-    def measure(table):
-        patch_embeddings(model, table, target="input")
-        try:
-            return perplexity(model, tokenizer, texts, max_tokens=n_tokens, progress=False)
-        finally:
-            unpatch_embeddings(model)
-
-    return measure
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -89,7 +68,11 @@ def main():
     k, device = args.k, args.device
     measure = None
     if args.perplexity_tokens and not args.table:
-        measure = perplexity_meter(args.perplexity_tokens)
+        from skdirection.datasets import load_smollm2, load_wikipedia_text
+
+        language_model, tokenizer = load_smollm2()
+        measure = perplexity_meter(language_model, tokenizer, load_wikipedia_text(),
+                                   args.perplexity_tokens)
     rows = []
 
     def record(method, seconds, model, with_perplexity=False):

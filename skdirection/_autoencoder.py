@@ -83,11 +83,10 @@ class DirectionAutoEncoder(BaseCompressor):
     element-wise error, as in Balazy et al. (2021), whose loss weights are the defaults.
     Training starts, by default, from the SVD of the row-normalised table and runs seven
     Adam epochs of batch 512 at a learning rate of 3e-3 halved every 2 epochs: on
-    SmolLM2's 49152 x 576
-    embedding this reaches the paper's mean cosine and perplexity over 20 times faster
-    than the paper's loop (random start, batch 32, 30 epochs, 1e-3), which
-    ``DirectionAutoEncoder.paper()`` restores. After
-    fitting, a table is stored as the latent codes ``transform(X)`` and the decoder:
+    SmolLM2's 49152 x 576 embedding this reaches the paper's mean cosine and perplexity
+    over 20 times faster than the paper's loop (random start, batch 32, 30 epochs,
+    1e-3), which ``DirectionAutoEncoder.paper()`` restores. After fitting, a table is
+    stored as the latent codes ``transform(X)`` and the decoder:
     see :meth:`compress`.
 
     Parameters

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ._autoencoder import DirectionAutoEncoder
 from ._mixed import FrequencyMixedCompressor
-from ._quantized_table import n_groups, packed_row_bytes
+from ._quantized_table import quantized_row_bytes
 from ._quantizer import ScalarQuantizer
 from ._svd import TruncatedSVDCompressor
 
@@ -95,8 +95,7 @@ def scalar_bytes_ratio(n_features, bits, group_size):
     >>> scalar_bytes_ratio(576, 4, 32)
     6.4
     """
-    groups = n_groups(n_features, group_size or n_features)
-    return 4 * n_features / (packed_row_bytes(n_features, bits) + 2 * 2 * groups)
+    return 4 * n_features / quantized_row_bytes(n_features, bits, group_size or n_features)
 
 
 def scalar_config(n_features, ratio, *, min_bits=2):

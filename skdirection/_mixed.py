@@ -16,9 +16,8 @@ from ._quantized_table import (
     SUPPORTED_BITS,
     QuantizedTable,
     dequantize,
-    n_groups,
-    packed_row_bytes,
     quantize,
+    quantized_row_bytes,
 )
 from ._svd import _covariance_eigh, _weighted_sums
 from .metrics import mean_cosine_similarity
@@ -253,7 +252,7 @@ class FrequencyMixedCompressor(BaseEstimator):
                 for group in groups:
                     codes, scales, offsets = quantize(rows, b, group, clip_search=b < 8)
                     decoded = dequantize(codes, scales, offsets, group)
-                    cost = packed_row_bytes(d, b) + 4 * n_groups(d, group)
+                    cost = quantized_row_bytes(d, b, group)
                     name = f"int{b}" if group == d else f"int{b}-g{group}"
                     distance = _cosine_distance(rows, decoded).numpy()
                     out.append(("scalar", name, (b, group), cost, distance, 0))
@@ -269,7 +268,8 @@ class FrequencyMixedCompressor(BaseEstimator):
             if self._bytes:
                 codes, scales, offsets = quantize(latent, _LATENT_BITS, k, clip_search=False)
                 latent = dequantize(codes, scales, offsets, k)
-                cost, fixed = packed_row_bytes(k, _LATENT_BITS) + 4 + 2, 2 * k * d
+                # int8 latent codes with one scale and offset, plus a float16 norm.
+                cost, fixed = quantized_row_bytes(k, _LATENT_BITS, k) + 2, 2 * k * d
             else:
                 cost, fixed = k + 1, k * d
             decoded = latent @ basis[:k]

@@ -33,6 +33,12 @@ def packed_row_bytes(n_features, bits):
     return math.ceil(n_features * bits / 8)
 
 
+def quantized_row_bytes(n_features, bits, group_size):
+    """Stored bytes of one row: its packed codes plus a float16 scale and offset a
+    group."""
+    return packed_row_bytes(n_features, bits) + 2 * 2 * n_groups(n_features, group_size)
+
+
 def _grouped(X, group_size):
     """``X`` as ``(n, n_groups, group_size)``, a ragged last group padded with its edge."""
     n, d = X.shape
@@ -46,8 +52,8 @@ def quantize(X, bits, group_size, scale_dtype=torch.float16, clip_search=True):
     """Per-group asymmetric quantization of the rows of a float tensor.
 
     For every group the clipping range ``ratio * [min, max]`` with the lowest sum of
-    ``|error| ** CLIP_ERROR_POWER`` is kept (``ratio`` over :data:`CLIP_RATIOS`, or 1 without search). Scales and
-    offsets are rounded to ``scale_dtype`` before the codes are computed, so decoding
+    ``|error| ** CLIP_ERROR_POWER`` is kept (``ratio`` over :data:`CLIP_RATIOS`, or 1
+    without search). Scales and offsets are rounded to ``scale_dtype`` before the codes are computed, so decoding
     with the stored values reproduces exactly what was measured.
 
     Returns

@@ -6,6 +6,8 @@ Estimators follow scikit-learn's API and train with torch, on CUDA when availabl
 from ._autoencoder import DirectionAutoEncoder
 from ._hybrid_table import DenseTable, LinearDecodedTable, NormScaledTable, PartitionedTable
 from ._mixed import FrequencyMixedCompressor
+from ._product_quantized_table import ProductQuantizedTable
+from ._product_quantizer import ProductQuantizer
 from ._quantized_table import QuantizedTable
 from ._quantizer import ScalarQuantizer
 from ._svd import TruncatedSVDCompressor
@@ -22,6 +24,8 @@ __all__ = [
     "LowRankTable",
     "NormScaledTable",
     "PartitionedTable",
+    "ProductQuantizedTable",
+    "ProductQuantizer",
     "QuantizedTable",
     "ScalarQuantizer",
     "TruncatedSVDCompressor",

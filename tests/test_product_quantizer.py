@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+import torch
+
+from skdirection import (
+    NormScaledTable,
+    ProductQuantizedTable,
+    ProductQuantizer,
+    ScalarQuantizer,
+    load_table,
+    save_table,
+)
+from skdirection._product_quantized_table import nearest_centroids
+
+
+@pytest.fixture
+def X():
+    rng = np.random.RandomState(0)
+    # Correlated columns and rows of different lengths, as in embedding tables.
+    mixing = rng.normal(size=(24, 24))
+    return (rng.normal(size=(600, 24)) @ mixing * rng.uniform(0.5, 2, size=(600, 1))).astype(
+        np.float32
+    )
+
+
+def test_nearest_centroids_matches_brute_force():
+    rng = torch.Generator().manual_seed(0)
+    blocks = torch.randn(3, 5000, 4, generator=rng)
+    codebooks = torch.randn(3, 17, 4, generator=rng)
+    codes = nearest_centroids(blocks, codebooks)
+    brute = torch.cdist(blocks, codebooks).argmin(dim=2).T
+    assert torch.equal(codes, brute)
+
+
+@pytest.mark.parametrize("keep_norms", [True, False])
+@pytest.mark.parametrize("block_size", [2, 5])  # 5 leaves a ragged last block
+def test_transform_inverse_matches_table_and_save_load(X, tmp_path, keep_norms, block_size):
+    pq = ProductQuantizer(block_size, n_centroids=64, keep_norms=keep_norms, random_state=0)
+    codes = pq.fit(X).transform(X)
+    n_blocks = -(-24 // block_size)
+    assert codes.shape == (600, n_blocks + keep_norms) == (600, len(pq.get_feature_names_out()))
+    assert np.all(codes[:, :n_blocks] == np.round(codes[:, :n_blocks]))
+    assert codes[:, :n_blocks].min() >= 0 and codes[:, :n_blocks].max() < 64
+    table = pq.compress(X)
+    assert isinstance(table, NormScaledTable if keep_norms else ProductQuantizedTable)
+    decoded = table.decode().numpy()
+    np.testing.assert_allclose(pq.inverse_transform(codes), decoded, rtol=1e-5, atol=1e-5)
+    save_table(table, tmp_path / "pq.safetensors")
+    assert torch.equal(load_table(tmp_path / "pq.safetensors").decode(), table.decode())
+    indices = torch.tensor([[3, 0], [599, 3]])
+    assert torch.equal(table.decode(indices), table.decode()[indices])
+
+
+def test_bytes_counted(X):
+    table = ProductQuantizer(4, n_centroids=32, random_state=0).fit(X).compress(X)
+    # 6 one-byte codes and a float16 norm a row; 6 codebooks of 32 x 4 float16 values.
+    assert table.n_bytes == 600 * (6 + 2) + 6 * 32 * 4 * 2
+
+
+def test_kmeans_lowers_error_and_smaller_blocks_are_closer(X):
+    errors = {}
+    for block_size, max_iter in [(4, 0), (4, 10), (2, 10)]:
+        pq = ProductQuantizer(block_size, n_centroids=64, max_iter=max_iter, random_state=0)
+        errors[block_size, max_iter] = 1 - pq.fit(X).score(X)
+    assert errors[4, 10] < 0.8 * errors[4, 0]
+    assert errors[2, 10] < errors[4, 10]
+
+
+def test_beats_scalar_codes_at_two_bits_a_value(X):
+    pq = ProductQuantizer(4, n_centroids=256, random_state=0).fit(X)  # 2 bits + norm
+    scalar = ScalarQuantizer(2).fit(X)  # 2 bits + scale and offset
+    assert pq.score(X) > scalar.score(X) + 0.02
+
+
+def test_sample_weight_pulls_codebooks_towards_heavy_rows(X):
+    weight = np.ones(600)
+    weight[:50] = 1000.0
+    plain = ProductQuantizer(4, n_centroids=32, random_state=0).fit(X)
+    weighted = ProductQuantizer(4, n_centroids=32, random_state=0).fit(X, sample_weight=weight)
+    heavy = X[:50]
+    assert weighted.score(heavy) > plain.score(heavy)
+    # Integer weights equal repeated rows in the objective the k-means lowers.
+    assert weighted.score(X, sample_weight=weight) > plain.score(X, sample_weight=weight)
+
+
+def test_zero_weight_rows_are_still_encoded(X):
+    weight = np.zeros(600)
+    weight[:100] = 1.0
+    pq = ProductQuantizer(4, n_centroids=256, random_state=0).fit(X, sample_weight=weight)
+    assert pq.n_centroids_ == 100  # no more centroids than rows that count
+    assert pq.transform(X).shape[0] == 600
+    with pytest.raises(ValueError, match="non-zero"):
+        ProductQuantizer(4).fit(X, sample_weight=np.zeros(600))
+
+
+def test_fewer_rows_than_centroids_and_zero_rows():
+    X = np.zeros((5, 8), dtype=np.float32)
+    X[0] = 1.0
+    pq = ProductQuantizer(2, random_state=0).fit(X)
+    assert pq.n_centroids_ == 5
+    decoded = pq.compress(X).decode().numpy()
+    np.testing.assert_allclose(decoded, X, atol=1e-3)
+
+
+def test_inverse_transform_rejects_codes_out_of_range(X):
+    pq = ProductQuantizer(4, n_centroids=16, random_state=0).fit(X)
+    codes = pq.transform(X[:3])
+    codes[0, 0] = 16
+    with pytest.raises(ValueError, match="integers in"):
+        pq.inverse_transform(codes)
+    codes[0, 0] = 0.5
+    with pytest.raises(ValueError, match="integers in"):
+        pq.inverse_transform(codes)
+
+
+def test_rejects_bad_parameters_and_device(X):
+    with pytest.raises(ValueError, match="n_centroids"):
+        ProductQuantizer(n_centroids=257).fit(X)
+    with pytest.raises(ValueError, match="block_size"):
+        ProductQuantizer(block_size=0).fit(X)
+    with pytest.raises(ValueError, match="device"):
+        ProductQuantizer(device="tpu").fit(X)
+
+
+def test_same_seed_same_codes(X):
+    a = ProductQuantizer(4, random_state=3).fit(X).transform(X)
+    b = ProductQuantizer(4, random_state=3).fit(X).transform(X)
+    assert np.array_equal(a, b)

@@ -46,12 +46,12 @@ def nearest_centroids(blocks, codebooks):
     return codes
 
 
-def weighted_kmeans(blocks, weight, n_centroids, n_iter, generator):
+def weighted_kmeans(blocks, weight, n_centroids, n_iter, generator, init=None):
     """Lloyd's algorithm on every block at once, rows weighted by ``weight``.
 
-    Starts from ``n_centroids`` distinct rows drawn with probability proportional to
-    their weight; a centroid that loses all its (weighted) rows keeps its place. Stops
-    early once no code changes.
+    Starts from ``init`` codebooks when given, else from ``n_centroids`` distinct rows
+    drawn with probability proportional to their weight; a centroid that loses all its
+    (weighted) rows keeps its place. Stops early once no code changes.
 
     Returns
     -------
@@ -60,8 +60,13 @@ def weighted_kmeans(blocks, weight, n_centroids, n_iter, generator):
         Iterations run.
     """
     m, n, s = blocks.shape
-    start = torch.multinomial(weight.cpu(), n_centroids, replacement=False, generator=generator)
-    codebooks = blocks[:, start.to(blocks.device), :].clone()
+    if init is not None:
+        codebooks = init.to(blocks)
+    else:
+        start = torch.multinomial(
+            weight.cpu(), n_centroids, replacement=False, generator=generator
+        )
+        codebooks = blocks[:, start.to(blocks.device), :].clone()
     previous = None
     for iteration in range(n_iter):
         codes = nearest_centroids(blocks, codebooks).T  # (m, n)
@@ -69,7 +74,8 @@ def weighted_kmeans(blocks, weight, n_centroids, n_iter, generator):
             return codebooks, iteration
         previous = codes
         sums = torch.zeros_like(codebooks)
-        sums.scatter_add_(1, codes[..., None].expand(m, n, s), blocks * weight[None, :, None])
+        index = codes[..., None].expand(m, n, s)
+        sums.scatter_add_(1, index, blocks * weight[None, :, None])
         mass = torch.zeros(m, n_centroids, dtype=blocks.dtype, device=blocks.device)
         mass.scatter_add_(1, codes, weight[None, :].expand(m, n))
         moved = sums / mass.clamp_min(torch.finfo(blocks.dtype).tiny)[..., None]
@@ -118,7 +124,8 @@ class ProductQuantizedTable(CompressedTable):
     def decode(self, indices=None):
         codes = self.codes if indices is None else self.codes[indices]
         shape = codes.shape[:-1]
-        rows = decode_blocks(codes.reshape(-1, codes.shape[-1]), self.codebooks, self.n_features)
+        flat = codes.reshape(-1, codes.shape[-1])
+        rows = decode_blocks(flat, self.codebooks, self.n_features)
         return rows.reshape(*shape, self.n_features)
 
     @property

@@ -207,7 +207,9 @@ class ProductQuantizer(BaseCompressor):
         pieces = []
         for _, rows in source.chunks():
             codes, norms = self._codes_and_norms(rows)
-            columns = [codes.float()] + ([norms.float()[:, None]] if norms is not None else [])
+            columns = [codes.float()]
+            if norms is not None:
+                columns.append(norms.float()[:, None])
             pieces.append(torch.cat(columns, dim=1))
         encoded = torch.cat(pieces) if pieces else torch.empty(0, self._n_features_out)
         return encoded.numpy().astype(source.dtype, copy=False)

@@ -18,9 +18,8 @@ def X():
     rng = np.random.RandomState(0)
     # Correlated columns and rows of different lengths, as in embedding tables.
     mixing = rng.normal(size=(24, 24))
-    return (rng.normal(size=(600, 24)) @ mixing * rng.uniform(0.5, 2, size=(600, 1))).astype(
-        np.float32
-    )
+    lengths = rng.uniform(0.5, 2, size=(600, 1))
+    return (rng.normal(size=(600, 24)) @ mixing * lengths).astype(np.float32)
 
 
 def test_nearest_centroids_matches_brute_force():
@@ -38,7 +37,8 @@ def test_transform_inverse_matches_table_and_save_load(X, tmp_path, keep_norms, 
     pq = ProductQuantizer(block_size, n_centroids=64, keep_norms=keep_norms, random_state=0)
     codes = pq.fit(X).transform(X)
     n_blocks = -(-24 // block_size)
-    assert codes.shape == (600, n_blocks + keep_norms) == (600, len(pq.get_feature_names_out()))
+    assert codes.shape == (600, n_blocks + keep_norms)
+    assert codes.shape[1] == len(pq.get_feature_names_out())
     assert np.all(codes[:, :n_blocks] == np.round(codes[:, :n_blocks]))
     assert codes[:, :n_blocks].min() >= 0 and codes[:, :n_blocks].max() < 64
     table = pq.compress(X)
@@ -76,7 +76,8 @@ def test_sample_weight_pulls_codebooks_towards_heavy_rows(X):
     weight = np.ones(600)
     weight[:50] = 1000.0
     plain = ProductQuantizer(4, n_centroids=32, random_state=0).fit(X)
-    weighted = ProductQuantizer(4, n_centroids=32, random_state=0).fit(X, sample_weight=weight)
+    weighted = ProductQuantizer(4, n_centroids=32, random_state=0)
+    weighted.fit(X, sample_weight=weight)
     heavy = X[:50]
     assert weighted.score(heavy) > plain.score(heavy)
     # Integer weights equal repeated rows in the objective the k-means lowers.

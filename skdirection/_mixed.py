@@ -6,12 +6,22 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, _fit_context
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from ._backend import as_source
+from ._backend import as_source, torch_generator
 from ._base import FLOAT_DTYPES, _check_numeric
 from ._hybrid_table import DenseTable, LinearDecodedTable, NormScaledTable, PartitionedTable
+from ._product_quantized_table import (
+    MAX_CENTROIDS,
+    ProductQuantizedTable,
+    blocked,
+    decode_blocks,
+    n_blocks,
+    nearest_centroids,
+    weighted_kmeans,
+)
 from ._quantized_table import (
     SUPPORTED_BITS,
     QuantizedTable,
@@ -23,6 +33,8 @@ from ._svd import _covariance_eigh, _weighted_sums
 from .metrics import mean_cosine_similarity
 
 _LATENT_BITS = 8
+_KMEANS_ITER = 8
+_REFIT_ITER = 4  # a refit starts from the codebooks it refines
 
 
 def _cosine_distance(X, X_hat):
@@ -41,13 +53,16 @@ class FrequencyMixedCompressor(BaseEstimator):
 
     Candidate codecs per row: exact (float16 under a bytes budget, float32 under a
     parameters budget), scalar quantization at each of ``bits`` and each of
-    ``group_sizes``, and low-rank codes of
-    each of ``ranks`` over a frequency-weighted basis of the unit directions, with the
-    row's norm stored apart (Banaei et al., 2023) and, under a bytes budget, int8 latent
-    codes. Each row's cosine distance under each codec is measured, and the assignment
-    minimising the ``sample_weight``-weighted sum of distances subject to the budget is
-    found by a Lagrangian search (a multiple-choice knapsack). The low-rank basis is then
-    refitted on the rows assigned to low-rank codecs and the assignment redone.
+    ``group_sizes``, product quantization of the unit direction in blocks of each of
+    ``block_sizes`` (one-byte codes into frequency-weighted k-means codebooks, see
+    :class:`ProductQuantizer`), and low-rank codes of each of ``ranks`` over a
+    frequency-weighted basis of the unit directions. Product-quantized and low-rank rows
+    store their norm apart (Banaei et al., 2023); under a bytes budget low-rank rows
+    have int8 latent codes. Each row's cosine distance under each codec is measured, and
+    the assignment minimising the ``sample_weight``-weighted sum of distances subject to the budget is
+    found by a Lagrangian search (a multiple-choice knapsack). The low-rank basis and
+    the codebooks are then refitted on the rows assigned to them and the assignment
+    redone.
 
     Everything stored is counted against the budget: codes, scales, offsets, latent
     tables, decoders, norms and the per-row part ids.
@@ -68,27 +83,37 @@ class FrequencyMixedCompressor(BaseEstimator):
         Group sizes of the scalar candidates, each with every one of ``bits``
         (``None``: one scale and offset per row). Small groups cost 32 bits of scale and
         offset per group but follow the values closely, which matters at 2 and 3 bits.
+    block_sizes : tuple of int, default=(2, 4, 8, 16)
+        Block sizes of the product-quantization candidates (256 codebook vectors a
+        block); those not below ``n_features`` are skipped. Under a parameters budget
+        a one-byte code counts as one parameter, and codebooks and norms are float32.
     ranks : tuple of int, default=(16, 32, 64, 128)
         Ranks of the low-rank candidates; those not below ``n_features`` are skipped.
     n_refits : int, default=1
-        Times the low-rank basis is refitted on the rows assigned to it.
+        Times the low-rank basis and the codebooks are refitted on the rows assigned
+        to them.
     weight_power : float, default=0.5
         ``sample_weight`` is raised to this power before the assignment. Token counts
         from one corpus overstate how much another text relies on its most frequent
         rows; on SmolLM2-135M (counts from news and Wikipedia, perplexity on Hamlet)
         the square root beat raw counts at 8x, 10x and 16x fewer bytes (perplexity
-        x1.021 against x1.057, x1.102 against x1.181, x1.54 against x1.74). ``1`` uses
-        the weights as given.
+        x1.021 against x1.057, x1.102 against x1.181, x1.54 against x1.74, measured
+        before product quantization joined the candidates). ``1`` uses the weights as
+        given.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the starting centroids of the codebooks' k-means.
 
     Attributes
     ----------
     codecs_ : list of str
         Names of the candidate codecs, e.g. ``"exact"``, ``"int4"`` (one scale per row),
-        ``"int3-g32"`` (one per 32 values), ``"rank32"``.
+        ``"int3-g32"`` (one per 32 values), ``"pq4"`` (blocks of 4), ``"rank32"``.
     assignment_ : ndarray of shape (n_rows_,)
         Index into ``codecs_`` of each row's codec.
     components_ : ndarray of shape (max_rank, n_features) or None
         Basis of the low-rank candidates.
+    codebooks_ : dict of int to ndarray of shape (n_blocks, n_centroids, block_size)
+        Codebooks of the product-quantization candidates, by block size.
     weighted_cosine_distance_ : float
         Mean cosine distance of the fitted assignment, rows weighted by
         ``sample_weight ** weight_power``.
@@ -136,9 +161,11 @@ class FrequencyMixedCompressor(BaseEstimator):
         "ratio_unit": [StrOptions({"bytes", "params"})],
         "bits": ["array-like"],
         "group_sizes": ["array-like"],
+        "block_sizes": ["array-like"],
         "ranks": ["array-like"],
         "n_refits": [Interval(Integral, 0, None, closed="left")],
         "weight_power": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
     }
 
     def __init__(
@@ -148,17 +175,21 @@ class FrequencyMixedCompressor(BaseEstimator):
         ratio_unit="bytes",
         bits=(8, 4, 3, 2),
         group_sizes=(None, 32),
+        block_sizes=(2, 4, 8, 16),
         ranks=(16, 32, 64, 128),
         n_refits=1,
         weight_power=0.5,
+        random_state=None,
     ):
         self.ratio = ratio
         self.ratio_unit = ratio_unit
         self.bits = bits
         self.group_sizes = group_sizes
+        self.block_sizes = block_sizes
         self.ranks = ranks
         self.n_refits = n_refits
         self.weight_power = weight_power
+        self.random_state = random_state
 
     @property
     def _bytes(self):
@@ -206,26 +237,46 @@ class FrequencyMixedCompressor(BaseEstimator):
         weight = np.ones(n) if weight is None else weight * (n / weight.sum())
         rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
         self.n_rows_ = n
+        generator = torch_generator(check_random_state(self.random_state), "cpu")
         ranks = sorted({int(k) for k in self.ranks if 0 < int(k) < d})
+        block_sizes = sorted({int(b) for b in self.block_sizes if 0 < int(b) < d})
         basis = self._basis(rows, weight, max(ranks)) if ranks else None
+        codebooks = {b: self._codebooks(rows, weight, b, generator) for b in block_sizes}
 
         fixed_candidates = self._fixed_candidates(rows)
-        candidates = fixed_candidates + self._lowrank_candidates(rows, basis, ranks)
+
+        def all_candidates():
+            out = (
+                fixed_candidates
+                + self._pq_candidates(rows, codebooks)
+                + self._lowrank_candidates(rows, basis, ranks)
+            )
+            return sorted(out, key=lambda c: -c[3])  # most to least bytes a row
+
+        candidates = all_candidates()
         budget = n * d * (4 if self._bytes else 1) / self.ratio
         assignment = self._assign(candidates, weight, budget)
-        for _ in range(self.n_refits if ranks else 0):
-            lowrank = np.isin(assignment, [i for i, c in enumerate(candidates) if c[0] == "rank"])
-            if lowrank.sum() <= max(ranks):
-                break
-            lowrank_weight = np.where(lowrank, weight, 0.0)
-            basis = self._basis(rows, lowrank_weight, max(ranks))
-            candidates = fixed_candidates + self._lowrank_candidates(rows, basis, ranks)
+        for _ in range(self.n_refits if ranks or block_sizes else 0):
+            kinds = np.array([c[0] for c in candidates])
+            names = [c[1] for c in candidates]
+            lowrank = np.isin(assignment, np.flatnonzero(kinds == "rank"))
+            if ranks and lowrank.sum() > max(ranks):
+                basis = self._basis(rows, np.where(lowrank, weight, 0.0), max(ranks))
+            for b in block_sizes:
+                members = assignment == names.index(f"pq{b}")
+                if np.count_nonzero(weight[members]) >= MAX_CENTROIDS:
+                    member_weight = np.where(members, weight, 0.0)
+                    codebooks[b] = self._codebooks(
+                        rows, member_weight, b, generator, init=codebooks[b].float()
+                    )
+            candidates = all_candidates()
             assignment = self._assign(candidates, weight, budget)
 
         self.codecs_ = [c[1] for c in candidates]
         self._codec_options = [c[2] for c in candidates]
         self.assignment_ = assignment
         self.components_ = None if basis is None else basis.numpy()
+        self.codebooks_ = {b: c.numpy() for b, c in codebooks.items()}
         errors = np.stack([c[4] for c in candidates], axis=1)[np.arange(n), assignment]
         self.weighted_cosine_distance_ = float(np.average(errors, weights=weight))
         self.stored_size_ = int(self._total_cost(candidates, assignment))
@@ -239,6 +290,35 @@ class FrequencyMixedCompressor(BaseEstimator):
         )
         _, components, _ = _covariance_eigh(total, sums, gram, False, rank)
         return components.float()
+
+    def _codebooks(self, rows, weight, block_size, generator, init=None):
+        """k-means codebooks of the unit directions' blocks, at their stored dtype."""
+        weight = torch.from_numpy(weight / weight.sum()).float()
+        n_centroids = min(MAX_CENTROIDS, int(torch.count_nonzero(weight)))
+        n_iter = _KMEANS_ITER if init is None else _REFIT_ITER
+        codebooks, _ = weighted_kmeans(
+            blocked(_unit(rows), block_size), weight, n_centroids, n_iter, generator, init
+        )
+        return codebooks.to(torch.float16 if self._bytes else torch.float32)
+
+    def _pq_candidates(self, rows, codebooks):
+        n, d = rows.shape
+        value_bytes = 2 if self._bytes else 1  # float16 bytes, or one parameter
+        out = []
+        for block_size, books in codebooks.items():
+            decoded = self._pq_decode(rows, books)
+            cost = n_blocks(d, block_size) + value_bytes  # one-byte codes and the norm
+            fixed = books.numel() * value_bytes
+            distance = _cosine_distance(rows, decoded).numpy()
+            out.append(("pq", f"pq{block_size}", block_size, cost, distance, fixed))
+        return out
+
+    @staticmethod
+    def _pq_codes(rows, books):
+        return nearest_centroids(blocked(_unit(rows), books.shape[2]), books.float())
+
+    def _pq_decode(self, rows, books):
+        return decode_blocks(self._pq_codes(rows, books), books, rows.shape[1])
 
     def _fixed_candidates(self, rows):
         """(kind, name, option, per-row cost, per-row cosine distance, fixed cost)."""
@@ -287,37 +367,64 @@ class FrequencyMixedCompressor(BaseEstimator):
         )
 
     def _assign(self, candidates, weight, budget):
+        """Per-row codec indices minimising the weighted distance within ``budget``.
+
+        For a set of allowed codecs, a Lagrangian search over the price of a byte;
+        codecs with a fixed cost (a codebook, a basis) are then dropped one at a time
+        while that lowers the objective, since a codec chosen by few rows may cost more
+        than it saves.
+        """
         costs = np.array([c[3] for c in candidates], dtype=np.float64)
         errors = np.stack([c[4] for c in candidates], axis=1) * weight[:, None]
-        used = np.arange(len(candidates))
+        fixed = np.array([c[5] for c in candidates], dtype=np.float64)
 
         def choose(lam, allowed):
             objective = errors[:, allowed] + lam * costs[allowed]
             return allowed[np.argmin(objective, axis=1)]
 
-        for _ in range(4):
-            if choose(1e30, used).size and self._total_cost(
-                candidates, choose(1e30, used)
-            ) > budget:
-                cheapest = choose(1e30, used)
+        def solve(allowed):
+            if self._total_cost(candidates, choose(1e30, allowed)) > budget:
+                return None
+            for _ in range(4):
+                lo, hi = -30.0, 30.0
+                for _ in range(60):
+                    mid = (lo + hi) / 2
+                    if self._total_cost(candidates, choose(10**mid, allowed)) > budget:
+                        lo = mid
+                    else:
+                        hi = mid
+                assignment = choose(10**hi, allowed)
+                now_used = np.unique(assignment)
+                if len(now_used) == len(allowed):
+                    break
+                allowed = now_used
+            return assignment
+
+        def objective(assignment):
+            return errors[np.arange(len(assignment)), assignment].sum()
+
+        allowed = np.arange(len(candidates))
+        best = solve(allowed)
+        while best is None:
+            dear = allowed[fixed[allowed] > 0]
+            if not dear.size:
+                cheapest = choose(1e30, np.arange(len(candidates)))
                 raise ValueError(
                     f"ratio={self.ratio} cannot be reached: the cheapest candidates store "
                     f"{self._total_cost(candidates, cheapest):.0f} {self.ratio_unit} "
                     f"against a budget of {budget:.0f}; add smaller ranks or lower the ratio."
                 )
-            lo, hi = -30.0, 30.0
-            for _ in range(60):
-                mid = (lo + hi) / 2
-                if self._total_cost(candidates, choose(10**mid, used)) > budget:
-                    lo = mid
-                else:
-                    hi = mid
-            assignment = choose(10**hi, used)
-            now_used = np.unique(assignment)
-            if len(now_used) == len(used):
-                break
-            used = now_used
-        return assignment
+            allowed = allowed[allowed != dear[np.argmax(fixed[dear])]]
+            best = solve(allowed)
+        improved = True
+        while improved:
+            improved = False
+            for k in np.unique(best)[fixed[np.unique(best)] > 0]:
+                trial = solve(allowed[allowed != k])
+                if trial is not None and objective(trial) < objective(best):
+                    best, allowed, improved = trial, allowed[allowed != k], True
+                    break
+        return best
 
     def compress(self, X):
         """The stored table of ``X``, the table that was fitted.
@@ -340,6 +447,7 @@ class FrequencyMixedCompressor(BaseEstimator):
                 f"{self.n_rows_} rows of the fitted table."
             )
         rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        d = rows.shape[1]
         dtype = torch.float16 if self._bytes else torch.float32
         used = np.unique(self.assignment_)
         parts = []
@@ -351,6 +459,12 @@ class FrequencyMixedCompressor(BaseEstimator):
             elif name.startswith("int"):
                 bits, group = option
                 parts.append(QuantizedTable.from_rows(part_rows, bits, group))
+            elif name.startswith("pq"):
+                books = torch.from_numpy(self.codebooks_[option])
+                codes = self._pq_codes(part_rows, books)
+                parts.append(NormScaledTable(
+                    ProductQuantizedTable(codes, books, d), part_rows.norm(dim=1).to(dtype)
+                ))
             else:
                 rank = option
                 basis = torch.from_numpy(self.components_[:rank])

@@ -104,8 +104,9 @@ def test_group_sizes_and_weight_power_are_checked(data):
 
 def test_weight_power_tempers_the_counts(data):
     X, counts = data
-    unweighted = FrequencyMixedCompressor(8, ranks=(4, 8, 16)).fit(X)
-    flat = FrequencyMixedCompressor(8, ranks=(4, 8, 16), weight_power=0).fit(X, sample_weight=counts)
+    unweighted = FrequencyMixedCompressor(8, ranks=(4, 8, 16), random_state=0).fit(X)
+    flat = FrequencyMixedCompressor(8, ranks=(4, 8, 16), weight_power=0, random_state=0)
+    flat.fit(X, sample_weight=counts)
     np.testing.assert_array_equal(flat.assignment_, unweighted.assignment_)
     raw = FrequencyMixedCompressor(8, ranks=(4, 8, 16), weight_power=1).fit(X, sample_weight=counts)
     root = FrequencyMixedCompressor(8, ranks=(4, 8, 16)).fit(X, sample_weight=counts)
@@ -113,3 +114,38 @@ def test_weight_power_tempers_the_counts(data):
     rare = np.argsort(counts)[:100]
     cosine_rare = [row_cosines(X[rare], m.compress(X).decode().numpy()[rare]).mean() for m in (raw, root)]
     assert cosine_rare[1] > cosine_rare[0]
+
+
+def test_product_quantized_rows_where_they_pay():
+    # A table large enough for 256-vector codebooks to pay for themselves at 8x.
+    rng = np.random.RandomState(0)
+    centres = rng.normal(size=(64, 32))
+    X = (centres[rng.randint(64, size=20000)] + 0.3 * rng.normal(size=(20000, 32)))
+    X = X.astype(np.float32)
+    counts = rng.zipf(1.3, size=20000).astype(float) + 0.5
+    options = dict(ranks=(2, 4), random_state=0)
+    with_pq = FrequencyMixedCompressor(8, block_sizes=(4, 8), **options)
+    with_pq.fit(X, sample_weight=counts)
+    without = FrequencyMixedCompressor(8, block_sizes=(), **options)
+    without.fit(X, sample_weight=counts)
+    used = set(np.asarray(with_pq.codecs_)[with_pq.assignment_])
+    assert used & {"pq4", "pq8"}
+    assert with_pq.weighted_cosine_distance_ < 0.8 * without.weighted_cosine_distance_
+    table = with_pq.compress(X)
+    assert table.n_bytes == with_pq.stored_size_ and X.nbytes / table.n_bytes >= 8
+    decoded = table.decode().numpy()
+    np.testing.assert_allclose(
+        np.average(1 - row_cosines(X, decoded), weights=np.sqrt(counts)),
+        with_pq.weighted_cosine_distance_, atol=1e-3,
+    )
+    pq_rows = np.char.startswith(np.asarray(with_pq.codecs_)[with_pq.assignment_], "pq")
+    np.testing.assert_allclose(np.linalg.norm(decoded[pq_rows], axis=1),
+                               np.linalg.norm(X[pq_rows], axis=1), rtol=2e-3)
+
+
+def test_codebooks_that_cannot_pay_are_left_out(data):
+    X, counts = data  # 400 rows: a 256-vector codebook costs more than it saves
+    mixed = FrequencyMixedCompressor(4, block_sizes=(4,), ranks=(), random_state=0)
+    mixed.fit(X, sample_weight=counts)
+    assert "pq4" in mixed.codecs_
+    assert "pq4" not in set(np.asarray(mixed.codecs_)[mixed.assignment_])

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from ._autoencoder import DirectionAutoEncoder
 from ._mixed import FrequencyMixedCompressor
+from ._product_quantized_table import MAX_CENTROIDS, n_blocks
+from ._product_quantizer import ProductQuantizer
 from ._quantized_table import quantized_row_bytes
 from ._quantizer import ScalarQuantizer
 from ._svd import TruncatedSVDCompressor
@@ -107,33 +109,62 @@ def scalar_config(n_features, ratio, *, min_bits=2):
     return None
 
 
-# From this bytes ratio up, the count-weighted mix beat every scalar code on SmolLM2.
-MIXED_FROM_RATIO = 8.0
+def pq_stored_size(n_rows, n_features, block_size, ratio_unit):
+    """Bytes (or parameters) of :class:`ProductQuantizer`'s table: a one-byte code a
+    block and a float16 norm a row, and the codebooks (float16 values).
+
+    Examples
+    --------
+    >>> pq_stored_size(49152, 576, 4, "bytes")  # 144 codes + 2 bytes a row, codebooks
+    7471104
+    """
+    blocks = n_blocks(n_features, block_size)
+    codebook_values = blocks * min(MAX_CENTROIDS, n_rows) * block_size
+    value_size = 2 if ratio_unit == "bytes" else 1
+    return n_rows * (blocks + value_size) + codebook_values * value_size
 
 
-def auto_compressor(n_features, ratio, ratio_unit, weighted=False):
+def pq_block_size(n_rows, n_features, ratio, ratio_unit):
+    """The smallest block size (the most precise codes) whose table meets ``ratio``, or
+    ``None``."""
+    original = n_rows * n_features * (4 if ratio_unit == "bytes" else 1)
+    for block_size in range(1, n_features + 1):
+        if original / pq_stored_size(n_rows, n_features, block_size, ratio_unit) >= ratio:
+            return block_size
+    return None
+
+
+# Up to this bytes ratio a scalar code (int4 in groups of 32 at 6.4x) is nearly free on
+# SmolLM2 (perplexity x1.006); beyond it codebooks win.
+SCALAR_UP_TO_RATIO = 6.4
+
+
+def auto_compressor(n_rows, n_features, ratio, ratio_unit, weighted=False):
     """The package's preset for a ratio.
 
-    With token counts (``weighted``) and a bytes ratio of 8 or more,
-    :class:`FrequencyMixedCompressor`; otherwise the most precise scalar quantizer of at
-    least 3 bits that meets a bytes ratio, and the mix beyond that.
+    Under a bytes ratio up to 6.4, the most precise scalar quantizer that meets it;
+    beyond that, with token counts (``weighted``), :class:`FrequencyMixedCompressor`
+    (whose candidates include product quantization), and without them
+    :class:`ProductQuantizer` at the smallest block size that meets the ratio. A
+    parameters ratio always goes to the mix.
 
     On SmolLM2-135M (perplexity on Hamlet, counts from other text,
-    ``benchmarks/bench_quality.py``) the count-weighted mix multiplies perplexity by
-    1.021 at 8x fewer bytes, 1.102 at 10x and 1.54 at 16x, where the best scalar codes
-    give 1.028 (int3 in groups of 32, 8x), 1.114 (int3 per row, 10.5x) and 1.70 (int2
-    per row, 15.6x). Below 8x scalar codes are nearly free (int4 in groups of 32:
-    x1.006 at 6.4x). Without counts the mix weighs every row the same and loses to
-    scalar codes (x1.16 at 8x), so those are used while 3 bits meet the ratio. Scalar
-    quantization keeps every value, so a parameters ratio always goes to the mix.
+    ``benchmarks/bench_quality.py``): int4 in groups of 32 multiplies perplexity by
+    1.006 at 6.4x fewer bytes; product quantization in blocks of 2, 3 and 4 (weighted by
+    the counts' square root) by 1.0001 at 7.8x, 1.03 at 11.5x and 1.08 at 15.2x, where
+    the best scalar codes give 1.023 (int4 per row, 7.9x), 1.11 (int3 per row, 10.5x)
+    and 1.70 (int2 per row, 15.6x).
     """
-    if weighted and ratio_unit == "bytes" and ratio >= MIXED_FROM_RATIO:
+    nearly_free = ratio_unit == "bytes" and ratio <= SCALAR_UP_TO_RATIO
+    config = scalar_config(n_features, ratio, min_bits=4) if nearly_free else None
+    if config is not None:
+        return ScalarQuantizer(config[0], group_size=config[1])
+    if weighted or ratio_unit == "params":
         return FrequencyMixedCompressor(ratio, ratio_unit=ratio_unit)
-    config = scalar_config(n_features, ratio, min_bits=3) if ratio_unit == "bytes" else None
-    if config is None:
+    block_size = pq_block_size(n_rows, n_features, ratio, ratio_unit)
+    if block_size is None:
         return FrequencyMixedCompressor(ratio, ratio_unit=ratio_unit)
-    bits, group_size = config
-    return ScalarQuantizer(bits, group_size=group_size)
+    return ProductQuantizer(block_size)
 
 
 # Low-rank tables store float32, so their bytes ratio equals their parameters ratio and
@@ -185,12 +216,31 @@ def _scalar(n_rows, n_features, ratio, options):
     return ScalarQuantizer(bits, group_size=group_size)
 
 
+def _product(n_rows, n_features, ratio, options):
+    block_size = pq_block_size(n_rows, n_features, ratio, options["ratio_unit"])
+    if block_size is None:
+        raise ValueError(
+            f"ratio {ratio} is too high for product quantization of a {n_rows} x "
+            f"{n_features} table: even one code a row and its codebook store more."
+        )
+    return ProductQuantizer(
+        block_size, device=options["device"], random_state=options["seed"]
+    )
+
+
 def _mixed(n_rows, n_features, ratio, options):
-    return FrequencyMixedCompressor(ratio, ratio_unit=options["ratio_unit"])
+    return FrequencyMixedCompressor(
+        ratio, ratio_unit=options["ratio_unit"], random_state=options["seed"]
+    )
 
 
 def _auto(n_rows, n_features, ratio, options):
-    return auto_compressor(n_features, ratio, options["ratio_unit"], options["weighted"])
+    estimator = auto_compressor(
+        n_rows, n_features, ratio, options["ratio_unit"], options["weighted"]
+    )
+    if "random_state" in estimator.get_params():
+        estimator.set_params(random_state=options["seed"])
+    return estimator
 
 
 register_method("svd", _svd, "truncated SVD, not centred (the paper's baseline)")
@@ -210,6 +260,13 @@ register_method(
     "bits with a scale per 32 values or per row (bytes only)",
 )
 register_method(
+    "pq",
+    _product,
+    "product quantization: one byte a block of columns into k-means codebooks of "
+    "unit directions, norms apart; the smallest block that meets the ratio (a code "
+    "counts as one parameter)",
+)
+register_method(
     "mixed",
     _mixed,
     "frequency-aware mix: each row exact, quantized or low rank as its frequency in "
@@ -218,7 +275,7 @@ register_method(
 register_method(
     "auto",
     _auto,
-    "the preset: with --counts-text and a bytes ratio of 8 or more, the frequency-aware "
-    "mix; otherwise the most precise scalar quantization of 3 bits or more that meets a "
-    "bytes ratio, and the mix beyond that and for a params ratio",
+    "the preset: up to a bytes ratio of 6.4, scalar quantization; beyond it the "
+    "frequency-aware mix with --counts-text, product quantization without; the mix for "
+    "a params ratio",
 )

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from skdirection import FrequencyMixedCompressor, ScalarQuantizer
+from skdirection import FrequencyMixedCompressor, ProductQuantizer, ScalarQuantizer
 from skdirection._methods import (
     SCALAR_CONFIGS,
     auto_compressor,
     build_compressor,
+    pq_stored_size,
     scalar_bytes_ratio,
 )
 
@@ -87,26 +88,52 @@ def test_mixed_meets_the_ratio(table, unit, ratio):
     assert achieved >= ratio
 
 
-def test_auto_quantizes_while_three_bits_meet_the_ratio():
-    int4 = auto_compressor(576, 6.0, "bytes")
+def test_auto_quantizes_while_scalar_codes_are_nearly_free():
+    int4 = auto_compressor(49152, 576, 6.0, "bytes")
     assert isinstance(int4, ScalarQuantizer) and (int4.bits, int4.group_size) == (4, 32)
-    int3 = auto_compressor(576, 8.0, "bytes")
-    assert isinstance(int3, ScalarQuantizer) and (int3.bits, int3.group_size) == (3, 32)
-    # int2 in groups of 32 would meet 10.6; the mix does better there.
-    mixed = auto_compressor(576, 10.6, "bytes")
-    assert isinstance(mixed, FrequencyMixedCompressor)
-    assert (mixed.ratio, mixed.ratio_unit) == (10.6, "bytes")
-    params = auto_compressor(576, 2.0, "params")
-    assert isinstance(params, FrequencyMixedCompressor) and params.ratio_unit == "params"
+    int8 = auto_compressor(49152, 576, 3.0, "bytes", weighted=True)
+    assert isinstance(int8, ScalarQuantizer) and (int8.bits, int8.group_size) == (8, None)
     registered = build_compressor("auto", 49152, 576, 6.0, {"ratio_unit": "bytes"})
     assert registered.get_params() == int4.get_params()
 
 
-def test_auto_mixes_from_eight_times_when_counts_weight_the_fit():
-    assert isinstance(auto_compressor(576, 8.0, "bytes", weighted=True), FrequencyMixedCompressor)
-    below = auto_compressor(576, 6.0, "bytes", weighted=True)
-    assert isinstance(below, ScalarQuantizer) and (below.bits, below.group_size) == (4, 32)
+@pytest.mark.parametrize("ratio, block_size", [(7.0, 2), (8.0, 3), (11.5, 3), (15.0, 4)])
+def test_auto_uses_codebooks_beyond_without_counts(ratio, block_size):
+    pq = auto_compressor(49152, 576, ratio, "bytes")
+    assert isinstance(pq, ProductQuantizer) and pq.block_size == block_size
+    options = {"ratio_unit": "bytes", "seed": 5}
+    registered = build_compressor("auto", 49152, 576, ratio, options)
+    assert registered.block_size == block_size and registered.random_state == 5
+
+
+def test_auto_mixes_with_counts_and_for_params():
+    mixed = auto_compressor(49152, 576, 8.0, "bytes", weighted=True)
+    assert isinstance(mixed, FrequencyMixedCompressor)
+    assert (mixed.ratio, mixed.ratio_unit) == (8.0, "bytes")
+    params = auto_compressor(49152, 576, 2.0, "params")
+    assert isinstance(params, FrequencyMixedCompressor) and params.ratio_unit == "params"
     registered = build_compressor(
-        "auto", 49152, 576, 10.0, {"ratio_unit": "bytes", "weighted": True}
+        "auto", 49152, 576, 10.0, {"ratio_unit": "bytes", "weighted": True, "seed": 3}
     )
     assert isinstance(registered, FrequencyMixedCompressor) and registered.ratio == 10.0
+    assert registered.random_state == 3
+
+
+@pytest.mark.parametrize("unit, ratio", [("bytes", 6.0), ("bytes", 12.0), ("params", 3.0)])
+def test_pq_meets_the_ratio_and_its_size_is_predicted(unit, ratio):
+    # Tall enough for the codebooks (256 vectors a block) to pay for themselves.
+    table = np.random.RandomState(0).normal(size=(6000, 32)).astype(np.float32)
+    pq = build_compressor("pq", *table.shape, ratio, {"ratio_unit": unit})
+    assert isinstance(pq, ProductQuantizer)
+    stored = pq.fit(table).compress(table)
+    size = stored.n_bytes if unit == "bytes" else stored.n_parameters
+    assert size == pq_stored_size(*table.shape, pq.block_size, unit)
+    original = table.size * (4 if unit == "bytes" else 1)
+    assert original / size >= ratio
+    smaller = pq.block_size - 1
+    assert smaller == 0 or original / pq_stored_size(*table.shape, smaller, unit) < ratio
+
+
+def test_pq_rejects_an_unreachable_ratio():
+    with pytest.raises(ValueError, match="too high for product quantization"):
+        build_compressor("pq", 300, 64, 60.0, {"ratio_unit": "bytes"})

@@ -35,9 +35,11 @@ from _common import (  # noqa: E402
 from skdirection import (  # noqa: E402
     DirectionAutoEncoder,
     FrequencyMixedCompressor,
+    ProductQuantizer,
     ScalarQuantizer,
     TruncatedSVDCompressor,
 )
+from skdirection._methods import pq_block_size  # noqa: E402
 from skdirection.metrics import mean_cosine_similarity  # noqa: E402
 
 LM_COLUMNS = [
@@ -47,7 +49,8 @@ LM_COLUMNS = [
 SPACY_COLUMNS = ["target_ratio", "method", "bytes_ratio", "mean_cosine", "overlap10"]
 SCALAR = ((8, None), (4, 32), (3, 32), (2, 32), (4, None), (3, None), (2, None))
 # Families whose tied input/output version (--both) is measured too.
-BOTH_FAMILIES = ("scalar-g32", "mixed-bytes", "mixed-params", "svd-weighted")
+BOTH_FAMILIES = ("scalar-g32", "pq-weighted", "mixed-bytes", "mixed-params", "svd-weighted")
+PQ_BLOCK_SIZES = (2, 3, 4, 8)
 
 
 def svd_rank(n, d, ratio):
@@ -73,12 +76,18 @@ def lm_methods(n, d, counts, args):
         family = "scalar-g32" if group else "scalar-row"
         methods.append((name, family, lambda b=bits, g=group: ScalarQuantizer(b, group_size=g),
                         None))
+    for block_size in PQ_BLOCK_SIZES:
+        make = lambda b=block_size: ProductQuantizer(b, random_state=0)  # noqa: E731
+        methods.append((f"pq{block_size}", "pq", make, None))
+        # The counts' square root, as the mix tempers them (weight_power=0.5).
+        methods.append((f"pq{block_size} weighted", "pq-weighted", make, np.sqrt(counts)))
     for ratio in args.bytes_ratios:
         methods.append((f"mixed bytes x{ratio:g}", "mixed-bytes",
-                        lambda r=ratio: FrequencyMixedCompressor(r), counts))
+                        lambda r=ratio: FrequencyMixedCompressor(r, random_state=0), counts))
     for ratio in args.params_ratios:
         methods.append((f"mixed params x{ratio:g}", "mixed-params",
-                        lambda r=ratio: FrequencyMixedCompressor(r, ratio_unit="params"),
+                        lambda r=ratio: FrequencyMixedCompressor(r, ratio_unit="params",
+                                                                 random_state=0),
                         counts))
     if args.only:
         order = args.only.split(",")
@@ -157,8 +166,11 @@ def run_spacy():
         candidates = [
             (f"svd k{k}", TruncatedSVDCompressor(k)),
             (f"direction k{k}", DirectionAutoEncoder(k, random_state=1)),
-            (f"mixed x{ratio}", FrequencyMixedCompressor(ratio, ranks=(8, 16, 32, 64))),
+            (f"mixed x{ratio}", FrequencyMixedCompressor(ratio, ranks=(8, 16, 32, 64),
+                                                         random_state=0)),
         ]
+        block_size = pq_block_size(n, d, ratio, "bytes")
+        candidates.append((f"pq{block_size}", ProductQuantizer(block_size, random_state=0)))
         scalar = {8: (4, None), 16: (2, None)}.get(ratio)
         if scalar:
             candidates.append((f"int{scalar[0]} row", ScalarQuantizer(scalar[0])))

@@ -150,10 +150,11 @@ def auto_compressor(n_rows, n_features, ratio, ratio_unit, weighted=False):
 
     On SmolLM2-135M (perplexity on Hamlet, counts from other text,
     ``benchmarks/bench_quality.py``): int4 in groups of 32 multiplies perplexity by
-    1.006 at 6.4x fewer bytes; product quantization in blocks of 2, 3 and 4 (weighted by
-    the counts' square root) by 1.0001 at 7.8x, 1.03 at 11.5x and 1.08 at 15.2x, where
-    the best scalar codes give 1.023 (int4 per row, 7.9x), 1.11 (int3 per row, 10.5x)
-    and 1.70 (int2 per row, 15.6x).
+    1.006 at 6.4x fewer bytes. Beyond, the mix with counts gives 1.0065 at 8x, 1.017 at
+    10x, 1.084 at 16x and 1.78 at 32x; product quantization without counts, in blocks
+    of 2, 3 and 4, gives 1.007 at 7.8x, 1.095 at 11.5x and 1.19 at 15.2x, where the
+    best scalar codes give 1.023 (int4 per row, 7.9x), 1.11 (int3 per row, 10.5x) and
+    1.70 (int2 per row, 15.6x).
     """
     nearly_free = ratio_unit == "bytes" and ratio <= SCALAR_UP_TO_RATIO
     config = scalar_config(n_features, ratio, min_bits=4) if nearly_free else None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor
+from skdirection import DirectionAutoEncoder, ProductQuantizer, TruncatedSVDCompressor
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 FAST = dict(max_iter=5, learning_rate=1e-2, lr_step_size=100, random_state=0)
@@ -47,3 +47,12 @@ def test_cuda_model_pickles_without_tensors(embeddings):
     restored = pickle.loads(payload)
     assert b"torch" not in payload
     np.testing.assert_array_equal(restored.transform(embeddings), autoencoder.transform(embeddings))
+
+
+def test_cuda_product_quantizer_matches_cpu_quality(embeddings):
+    X = embeddings.astype(np.float32)
+    gpu = ProductQuantizer(4, n_centroids=32, device="cuda", random_state=0).fit(X)
+    cpu = ProductQuantizer(4, n_centroids=32, device="cpu", random_state=0).fit(X)
+    # Same starting rows; sums in another order may flip a few ties.
+    assert gpu.score(X) == pytest.approx(cpu.score(X), abs=0.01)
+    assert isinstance(gpu.compress(X).decode(), torch.Tensor)

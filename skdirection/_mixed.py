@@ -18,8 +18,8 @@ from ._product_quantized_table import (
     ProductQuantizedTable,
     blocked,
     decode_blocks,
+    encode_blocks,
     n_blocks,
-    nearest_centroids,
     weighted_kmeans,
 )
 from ._quantized_table import (
@@ -59,10 +59,10 @@ class FrequencyMixedCompressor(BaseEstimator):
     frequency-weighted basis of the unit directions. Product-quantized and low-rank rows
     store their norm apart (Banaei et al., 2023); under a bytes budget low-rank rows
     have int8 latent codes. Each row's cosine distance under each codec is measured, and
-    the assignment minimising the ``sample_weight``-weighted sum of distances subject to the budget is
-    found by a Lagrangian search (a multiple-choice knapsack). The low-rank basis and
-    the codebooks are then refitted on the rows assigned to them and the assignment
-    redone.
+    the assignment minimising the ``sample_weight``-weighted sum of distances subject to
+    the budget is found by a Lagrangian search (a multiple-choice knapsack). The low-rank
+    basis and the codebooks are then refitted on the rows assigned to them and the
+    assignment redone.
 
     Everything stored is counted against the budget: codes, scales, offsets, latent
     tables, decoders, norms and the per-row part ids.
@@ -306,19 +306,12 @@ class FrequencyMixedCompressor(BaseEstimator):
         value_bytes = 2 if self._bytes else 1  # float16 bytes, or one parameter
         out = []
         for block_size, books in codebooks.items():
-            decoded = self._pq_decode(rows, books)
+            decoded = decode_blocks(encode_blocks(_unit(rows), books), books, d)
             cost = n_blocks(d, block_size) + value_bytes  # one-byte codes and the norm
             fixed = books.numel() * value_bytes
             distance = _cosine_distance(rows, decoded).numpy()
             out.append(("pq", f"pq{block_size}", block_size, cost, distance, fixed))
         return out
-
-    @staticmethod
-    def _pq_codes(rows, books):
-        return nearest_centroids(blocked(_unit(rows), books.shape[2]), books.float())
-
-    def _pq_decode(self, rows, books):
-        return decode_blocks(self._pq_codes(rows, books), books, rows.shape[1])
 
     def _fixed_candidates(self, rows):
         """(kind, name, option, per-row cost, per-row cosine distance, fixed cost)."""
@@ -419,7 +412,8 @@ class FrequencyMixedCompressor(BaseEstimator):
         improved = True
         while improved:
             improved = False
-            for k in np.unique(best)[fixed[np.unique(best)] > 0]:
+            in_use = np.unique(best)
+            for k in in_use[fixed[in_use] > 0]:
                 trial = solve(allowed[allowed != k])
                 if trial is not None and objective(trial) < objective(best):
                     best, allowed, improved = trial, allowed[allowed != k], True
@@ -461,7 +455,7 @@ class FrequencyMixedCompressor(BaseEstimator):
                 parts.append(QuantizedTable.from_rows(part_rows, bits, group))
             elif name.startswith("pq"):
                 books = torch.from_numpy(self.codebooks_[option])
-                codes = self._pq_codes(part_rows, books)
+                codes = encode_blocks(_unit(part_rows), books)
                 parts.append(NormScaledTable(
                     ProductQuantizedTable(codes, books, d), part_rows.norm(dim=1).to(dtype)
                 ))

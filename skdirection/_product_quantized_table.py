@@ -46,6 +46,11 @@ def nearest_centroids(blocks, codebooks):
     return codes
 
 
+def encode_blocks(rows, codebooks):
+    """Codes ``(n, n_blocks)`` of the rows: each block's nearest codebook vector."""
+    return nearest_centroids(blocked(rows, codebooks.shape[2]), codebooks.float())
+
+
 def weighted_kmeans(blocks, weight, n_centroids, n_iter, generator, init=None):
     """Lloyd's algorithm on every block at once, rows weighted by ``weight``.
 

@@ -17,8 +17,8 @@ from ._product_quantized_table import (
     ProductQuantizedTable,
     blocked,
     decode_blocks,
+    encode_blocks,
     n_blocks,
-    nearest_centroids,
     weighted_kmeans,
 )
 
@@ -176,7 +176,7 @@ class ProductQuantizer(BaseCompressor):
         n, d = X.shape
         weight = np.ones(n) if weight is None else weight
         n_centroids = min(self.n_centroids, int(np.count_nonzero(weight)))
-        rows = self._prepared(X, device)
+        rows, _ = self._prepared(X, device)
         generator = torch_generator(check_random_state(self.random_state), "cpu")
         weight = torch.from_numpy(weight / weight.sum()).float().to(device)
         codebooks, self.n_iter_ = weighted_kmeans(
@@ -189,20 +189,16 @@ class ProductQuantizer(BaseCompressor):
         return self
 
     def _prepared(self, X, device):
-        """Rows as a float32 tensor on ``device``: unit directions with ``keep_norms``."""
+        """Rows as a float32 tensor on ``device`` and their norms: unit directions and
+        norms with ``keep_norms``, else the rows as they are and ``None``."""
         rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
-        return _unit_rows(rows)[0] if self.keep_norms else rows
+        return _unit_rows(rows) if self.keep_norms else (rows, None)
 
     def _codes_and_norms(self, X):
         device = inference_device(self.device)
-        rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
-        norms = None
-        if self.keep_norms:
-            rows, norms = _unit_rows(rows)
-            norms = norms.half()
-        codebooks = torch.from_numpy(self.codebooks_).float().to(device)
-        codes = nearest_centroids(blocked(rows, self.block_size), codebooks)
-        return codes.cpu(), None if norms is None else norms.cpu()
+        rows, norms = self._prepared(X, device)
+        codes = encode_blocks(rows, torch.from_numpy(self.codebooks_).to(device))
+        return codes.cpu(), None if norms is None else norms.half().cpu()
 
     def _encode(self, source):
         pieces = []
@@ -256,5 +252,4 @@ class ProductQuantizer(BaseCompressor):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
-        tags.non_deterministic = False
         return tags

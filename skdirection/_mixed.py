@@ -225,6 +225,9 @@ class FrequencyMixedCompressor(BaseEstimator):
                 raise ValueError(
                     f"group_sizes must hold positive integers or None, got {g!r}."
                 )
+        for b in self.block_sizes:
+            if not (isinstance(b, Integral) and b >= 1):
+                raise ValueError(f"block_sizes must hold positive integers, got {b!r}.")
         X = self._validate(X, reset=True)
         weight = None
         if sample_weight is not None:

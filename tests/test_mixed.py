@@ -94,12 +94,15 @@ def test_never_worse_than_one_scalar_codec_for_every_row(data):
     assert any(name.endswith("-g32") for name in np.asarray(mixed.codecs_)[mixed.assignment_])
 
 
-def test_group_sizes_and_weight_power_are_checked(data):
+def test_group_sizes_block_sizes_and_weight_power_are_checked(data):
     X, _ = data
     with pytest.raises(ValueError, match="group_sizes"):
         FrequencyMixedCompressor(4, group_sizes=(0,)).fit(X)
     with pytest.raises(ValueError, match="weight_power"):
         FrequencyMixedCompressor(4, weight_power=-0.5).fit(X)
+    for bad in (0, 2.5, "4"):
+        with pytest.raises(ValueError, match="block_sizes must hold positive integers"):
+            FrequencyMixedCompressor(4, block_sizes=(2, bad)).fit(X)
 
 
 def test_weight_power_tempers_the_counts(data):

@@ -227,6 +227,8 @@ class ProductQuantizer(BaseCompressor):
             block_codes.long(), torch.from_numpy(self.codebooks_), self.n_features_in_
         )
         if self.keep_norms:
+            if values.numel() and values[:, -1].min() < 0:
+                raise ValueError("the last column (each row's norm) must not be negative.")
             rows = _unit_rows(rows)[0] * values[:, -1:]
         return rows.numpy().astype(codes.dtype, copy=False)
 

@@ -112,6 +112,9 @@ def test_inverse_transform_rejects_codes_out_of_range(X):
     codes[0, 0] = 0.5
     with pytest.raises(ValueError, match="integers in"):
         pq.inverse_transform(codes)
+    codes[0, 0], codes[1, -1] = 0, -1.0
+    with pytest.raises(ValueError, match="norm.*must not be negative"):
+        pq.inverse_transform(codes)
 
 
 def test_rejects_bad_parameters_and_device(X):

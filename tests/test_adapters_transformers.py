@@ -66,7 +66,9 @@ def test_patch_then_unpatch_is_bit_exact_and_keeps_the_tie(tiny_llama, tiny_toke
     if target == "input":
         assert isinstance(model.get_input_embeddings(), CompressedEmbedding)
         assert model.get_output_embeddings().weight is weight  # head keeps the original
-        assert model.config.tie_word_embeddings is False
+        # The config's flag stays: some models' forward reads it (T5Gemma, Switch).
+        assert model.config.tie_word_embeddings is True
+        assert not any("lm_head" in key for key in model.all_tied_weights_keys)
     if target == "output":
         assert isinstance(model.get_output_embeddings(), CompressedLMHead)
         assert model.get_input_embeddings().weight is weight
@@ -282,3 +284,123 @@ def test_token_counts(tiny_tokenizer):
     # Ready as sample_weight.
     X = np.random.default_rng(0).random((len(counts), 5))
     TruncatedSVDCompressor(n_components=2).fit(X, sample_weight=counts)
+
+
+def _scaled_families():
+    """Tiny models whose input embedding multiplies its rows by sqrt(hidden size)."""
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        GemmaConfig,
+        GemmaForCausalLM,
+        M2M100Config,
+        M2M100ForConditionalGeneration,
+    )
+
+    seq2seq = dict(
+        vocab_size=120, d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+        decoder_ffn_dim=32, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    return {
+        "gemma": GemmaForCausalLM(GemmaConfig(
+            vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        )),
+        "bart": BartForConditionalGeneration(BartConfig(scale_embedding=True, **seq2seq)),
+        "m2m100": M2M100ForConditionalGeneration(M2M100Config(**seq2seq)),
+    }
+
+
+def _family_logits(model, ids):
+    extra = {"decoder_input_ids": ids[:, :7]} if model.config.is_encoder_decoder else {}
+    with torch.no_grad():
+        return model(input_ids=ids, **extra).logits
+
+
+@pytest.mark.parametrize("family", ["gemma", "bart", "m2m100"])
+@pytest.mark.parametrize("target", ["input", "output", "both"])
+def test_scaled_embeddings_keep_their_scale(family, target):
+    from skdirection import DenseTable
+
+    model = _scaled_families()[family].eval()
+    ids = torch.arange(5, 25)[None]
+    before = _family_logits(model, ids)
+    source = model.get_output_embeddings() if target == "output" else model.get_input_embeddings()
+    lossless = DenseTable(source.weight.detach().clone())
+    patch_embeddings(model, lossless, target=target)
+    patched = _family_logits(model, ids)
+    assert (patched - before).abs().max() <= 1e-5
+    if target != "output":
+        assert model.get_input_embeddings().scale == pytest.approx(32**0.5)
+    unpatch_embeddings(model)
+    assert torch.equal(_family_logits(model, ids), before)
+
+
+def test_encoder_decoder_patch_reaches_every_holder_of_the_table():
+    model = _scaled_families()["bart"]
+    weight = model.get_input_embeddings().weight
+    patch_embeddings(model, _svd(model), target="both")
+    holders = [m for m in model.modules() if getattr(m, "weight", None) is weight]
+    assert holders == []
+    new = model.get_input_embeddings()
+    assert model.model.encoder.embed_tokens.table is new.table
+    assert model.model.decoder.embed_tokens.table is new.table
+    assert model.lm_head.table is new.table
+    unpatch_embeddings(model)
+    assert model.model.encoder.embed_tokens.weight is weight
+
+
+class _ClippedEmbedding(torch.nn.Embedding):
+    def forward(self, input_ids):
+        return super().forward(input_ids).clamp(-0.01, 0.01)
+
+
+def test_an_embedding_that_is_not_a_scaled_lookup_is_refused(tiny_llama, tiny_tokenizer):
+    model, ids = tiny_llama, _ids(tiny_tokenizer)
+    before = _logits(model, ids)
+    old = model.model.embed_tokens
+    clipped = _ClippedEmbedding(old.num_embeddings, old.embedding_dim)
+    clipped.weight = old.weight
+    model.model.embed_tokens = clipped
+    with pytest.raises(ValueError, match="_ClippedEmbedding does more than look rows up"):
+        patch_embeddings(model, _svd(model), target="input")
+    assert model.model.embed_tokens is clipped  # nothing was changed
+    model.model.embed_tokens = old
+    old.max_norm = 1.0
+    with pytest.raises(ValueError, match="max_norm"):
+        patch_embeddings(model, _svd(model), target="both")
+    old.max_norm = None
+    assert torch.equal(_logits(model, ids), before)
+
+
+def test_a_table_used_outside_an_embedding_or_head_is_refused(tiny_llama):
+    model = tiny_llama
+    model.extra = torch.nn.Module()
+    model.extra.table = model.model.embed_tokens.weight  # read by some custom forward
+    with pytest.raises(ValueError, match="extra.table"):
+        patch_embeddings(model, _svd(model), target="input")
+    assert getattr(model, "_skdirection_patch", None) is None
+
+
+class _ScaledHead(torch.nn.Linear):
+    def forward(self, hidden):
+        return 2 * super().forward(hidden)
+
+
+def test_a_head_that_is_not_linear_is_refused(tiny_llama_untied):
+    model = tiny_llama_untied
+    old = model.lm_head
+    head = _ScaledHead(old.in_features, old.out_features, bias=False)
+    head.weight = old.weight
+    model.lm_head = head
+    with pytest.raises(ValueError, match="_ScaledHead does more than multiply"):
+        patch_embeddings(model, _dense_table(head.weight), target="output")
+    assert model.lm_head is head
+
+
+def _dense_table(weight):
+    from skdirection import DenseTable
+
+    return DenseTable(weight.detach().clone())

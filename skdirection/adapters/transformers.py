@@ -58,6 +58,10 @@ class CompressedEmbedding(nn.Module):
         Kept for code that reads it from the embedding it replaces.
     dtype : torch.dtype or None, default=None
         Dtype of the decoded rows (the replaced embedding's); ``None`` keeps the table's.
+    scale : float or None, default=None
+        Constant the replaced embedding multiplied its rows by (Gemma's and BART's
+        scaled embeddings use the square root of the hidden size); ``None`` for a plain
+        lookup.
 
     Examples
     --------
@@ -68,11 +72,12 @@ class CompressedEmbedding(nn.Module):
     torch.Size([1, 3, 4])
     """
 
-    def __init__(self, table, padding_idx=None, dtype=None):
+    def __init__(self, table, padding_idx=None, dtype=None, scale=None):
         super().__init__()
         self.table = table
         self.padding_idx = padding_idx
         self.dtype = dtype
+        self.scale = scale
 
     @property
     def num_embeddings(self):
@@ -90,10 +95,16 @@ class CompressedEmbedding(nn.Module):
     def forward(self, input_ids):
         rows = self.table.decode(input_ids.reshape(-1))
         rows = rows.reshape(*input_ids.shape, rows.shape[-1])
+        if self.scale is not None:
+            rows = rows * self.scale
         return rows if self.dtype is None else rows.to(self.dtype)
 
     def extra_repr(self):
-        return f"{self.num_embeddings}, {self.embedding_dim}, n_parameters={self.n_parameters}"
+        scale = "" if self.scale is None else f", scale={self.scale:g}"
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, "
+            f"n_parameters={self.n_parameters}{scale}"
+        )
 
 
 class CompressedLMHead(nn.Module):
@@ -259,8 +270,137 @@ def _parameter_names(model, parameter):
     return {n for n, p in model.named_parameters(remove_duplicate=False) if p is parameter}
 
 
+def _holders(model, weight):
+    """Every ``(parent, name, module)`` where a module whose weight is ``weight`` sits.
+
+    Encoder-decoders reach one table from several places (``shared``, the encoder's and
+    the decoder's ``embed_tokens``, the head): each is found, so none keeps the original
+    behind the patch's back. A parameter held any other way is refused.
+    """
+    seen, holders = set(), []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if getattr(child, "weight", None) is weight and (id(parent), name) not in seen:
+                seen.add((id(parent), name))
+                holders.append((parent, name, child))
+    owners = {id(child) for _, _, child in holders}
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for name in _parameter_names(model, weight):
+        owner, _, attribute = name.rpartition(".")
+        if attribute != "weight" or id(modules.get(owner)) not in owners:
+            raise ValueError(
+                f"the embedding matrix is also used as {name!r}, which is not an "
+                "embedding or output layer: skdirection cannot replace it there, and "
+                "patching the rest would change what the model computes."
+            )
+    return holders
+
+
+# Rows probed to learn what an embedding module does besides the lookup.
+_PROBE_ROWS = 64
+
+
+def _tolerance(dtype):
+    return 1e-5 if dtype in (torch.float32, torch.float64) else 2e-2
+
+
+def _lookup_scale(module, weight):
+    """The constant ``module`` multiplies its looked-up rows of ``weight`` by (``None``
+    for none), or raise if it computes anything else."""
+    name = type(module).__name__
+    if isinstance(module, nn.Embedding):
+        if module.max_norm is not None:
+            raise ValueError(
+                f"the model's {name} renormalises rows as it looks them up (max_norm="
+                f"{module.max_norm}); skdirection cannot reproduce that and refuses to patch."
+            )
+        if type(module).forward is nn.Embedding.forward:
+            return None
+    n_rows = weight.shape[0]
+    ids = torch.linspace(0, n_rows - 1, min(_PROBE_ROWS, n_rows), device=weight.device).long()
+    refusal = (
+        f"the model's input embedding {name} does more than look rows up and multiply "
+        "them by a constant; skdirection cannot reproduce it and refuses to patch it"
+    )
+    try:
+        with torch.no_grad():
+            out = module(ids)
+    except Exception as exc:  # noqa: BLE001 - any failure means we cannot model it
+        raise ValueError(f"{refusal} (probing it failed: {exc}).") from None
+    rows = weight.detach()[ids].double()
+    if not isinstance(out, torch.Tensor) or out.shape != rows.shape:
+        raise ValueError(f"{refusal} (it returns {getattr(out, 'shape', type(out))}).")
+    out = out.detach().double()
+    scale = getattr(module, "embed_scale", None)
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+        scale = float(scale)
+    if not isinstance(scale, (int, float)):
+        scale = float((out * rows).sum() / (rows * rows).sum().clamp_min(1e-300))
+    expected = rows * scale
+    tolerance = _tolerance(weight.dtype)
+    if not torch.allclose(out, expected, rtol=tolerance, atol=tolerance * float(
+        expected.abs().max().clamp_min(1e-30)
+    )):
+        raise ValueError(f"{refusal}.")
+    return None if scale == 1 else float(scale)
+
+
+def _check_linear_head(head, weight):
+    """Refuse a head that computes anything but ``hidden @ weight.T + bias``."""
+    if isinstance(head, nn.Linear) and type(head).forward is nn.Linear.forward:
+        return
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, weight.shape[1], generator=generator).to(weight)
+    bias = getattr(head, "bias", None)
+    refusal = (
+        f"the model's output head {type(head).__name__} does more than multiply hidden "
+        "states by its weight matrix (and add a bias); skdirection refuses to patch it"
+    )
+    try:
+        with torch.no_grad():
+            out = head(hidden)
+            expected = nn.functional.linear(hidden, weight, bias)
+    except Exception as exc:  # noqa: BLE001 - any failure means we cannot model it
+        raise ValueError(f"{refusal} (probing it failed: {exc}).") from None
+    tolerance = _tolerance(weight.dtype)
+    if not isinstance(out, torch.Tensor) or out.shape != expected.shape or not torch.allclose(
+        out.double(), expected.double(), rtol=tolerance, atol=tolerance
+    ):
+        raise ValueError(f"{refusal}.")
+
+
+def _replacements(model, weight, head, table, target):
+    """``(parent, name, old, new)`` for every module that the patch replaces."""
+    holders = _holders(model, weight)
+    is_head = [child is head for _, _, child in holders]
+    new_modules = {}  # one replacement per module, however many places hold it
+    plan = []
+    for (parent, name, child), head_role in zip(holders, is_head, strict=True):
+        if head_role and target in ("output", "both"):
+            if id(child) not in new_modules:
+                _check_linear_head(child, weight)
+                new_modules[id(child)] = CompressedLMHead(table, getattr(child, "bias", None))
+        elif not head_role and target in ("input", "both"):
+            if id(child) not in new_modules:
+                scale = _lookup_scale(child, weight)
+                new_modules[id(child)] = CompressedEmbedding(
+                    table, getattr(child, "padding_idx", None), weight.dtype, scale
+                )
+        else:
+            continue
+        plan.append((parent, name, child, new_modules[id(child)]))
+    return plan
+
+
 def patch_embeddings(model, compressor, target="input"):
     """Replace a model's embedding matrix by what a fitted compressor stores.
+
+    Every module that holds the matrix is replaced: the input embedding wherever the
+    model reaches it (an encoder-decoder's shared table, its encoder's and decoder's
+    ``embed_tokens``), and the output head for ``"output"`` and ``"both"``. What such a
+    module does besides the lookup (a constant scale, as in Gemma's and BART's scaled
+    embeddings), the replacement does too; a module that does anything else is refused
+    with a ``ValueError``, never patched approximately.
 
     Parameters
     ----------
@@ -285,8 +425,9 @@ def patch_embeddings(model, compressor, target="input"):
     ------
     ValueError
         If the model is already patched, has no input embedding (or no head for
-        ``"output"``/``"both"``), the compressor is not fitted, or it was fitted on a
-        matrix of another shape.
+        ``"output"``/``"both"``), holds the matrix in a layer that is not a plain (or
+        constant-scaled) lookup or linear head, the compressor is not fitted, or it was
+        fitted on a matrix of another shape.
 
     See Also
     --------
@@ -319,32 +460,25 @@ def patch_embeddings(model, compressor, target="input"):
             "two matrices: patch 'input' or 'output'."
         )
     table = _as_table(compressor, weight)
+    plan = _replacements(model, weight, head, table, target)
 
     params_before = count_parameters(model)
     state = {
         "target": target,
-        "tied": tied,
-        "input": embedding,
-        "output": head,
-        "config_tie": getattr(model.config, "tie_word_embeddings", None),
+        "replaced": [(parent, name, old) for parent, name, old, _ in plan],
         "tied_keys": getattr(model, "all_tied_weights_keys", None),
     }
-    if tied:
+    if tied and state["tied_keys"] is not None:
+        # Untie in the bookkeeping transformers reads when it re-ties weights; the
+        # config's flag stays, since some models' forward reads it.
         names = _parameter_names(model, weight)
-        if state["config_tie"] is not None:
-            model.config.tie_word_embeddings = False
-        if state["tied_keys"] is not None:
-            model.all_tied_weights_keys = {
-                key: source
-                for key, source in state["tied_keys"].items()
-                if key not in names and source not in names
-            }
-    if target in ("input", "both"):
-        model.set_input_embeddings(
-            CompressedEmbedding(table, getattr(embedding, "padding_idx", None), weight.dtype)
-        )
-    if target in ("output", "both"):
-        model.set_output_embeddings(CompressedLMHead(table, getattr(head, "bias", None)))
+        model.all_tied_weights_keys = {
+            key: source
+            for key, source in state["tied_keys"].items()
+            if key not in names and source not in names
+        }
+    for parent, name, _, new in plan:
+        setattr(parent, name, new)
     report = PatchReport(
         target=target,
         untied_head=tied and target != "both",
@@ -385,12 +519,8 @@ def unpatch_embeddings(model):
     model : transformers.PreTrainedModel
     """
     state = _patch_state(model)
-    if state["target"] in ("input", "both"):
-        model.set_input_embeddings(state["input"])
-    if state["target"] in ("output", "both"):
-        model.set_output_embeddings(state["output"])
-    if state["config_tie"] is not None:
-        model.config.tie_word_embeddings = state["config_tie"]
+    for parent, name, old in state["replaced"]:
+        setattr(parent, name, old)
     if state["tied_keys"] is not None:
         model.all_tied_weights_keys = state["tied_keys"]
     object.__delattr__(model, _PATCH_ATTR)

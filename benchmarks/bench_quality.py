@@ -102,8 +102,8 @@ def run_lm(args):
     model, tokenizer = load_smollm2()
     X = model.get_input_embeddings().weight.detach().numpy().copy()
     n, d = X.shape
-    # The floor keeps rows unseen in the counting corpus in the objective.
-    counts = token_counts(tokenizer, load_lee_text() + load_wikipedia_text(), n) + 0.5
+    # Raw counts: the mix floors rows the counting text never saw (weight_floor).
+    counts = token_counts(tokenizer, load_lee_text() + load_wikipedia_text(), n)
     measure = perplexity_meter(model, tokenizer, hamlet_text(), args.tokens, args.stride)
 
     base = measure()

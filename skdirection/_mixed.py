@@ -100,6 +100,15 @@ class FrequencyMixedCompressor(BaseEstimator):
         x1.021 against x1.057, x1.102 against x1.181, x1.54 against x1.74, measured
         before product quantization joined the candidates). ``1`` uses the weights as
         given.
+    weight_floor : float, default=0.5
+        Every row weighs at least ``weight_floor`` times the smallest positive
+        ``sample_weight`` (before ``weight_power``). With token counts a row the
+        counting text never saw then counts as half a sighting, not as nothing: a
+        token absent from one text still occurs in the next, and a zero weight would
+        hand its row the cheapest codec. On SmolLM2-135M with raw counts from another
+        text, rows of weight zero cost x1.34 in perplexity at 8x fewer bytes, where
+        the same counts plus one half cost x1.0045. ``0`` lets rows of weight zero
+        take the cheapest codec.
     random_state : int, RandomState instance or None, default=None
         Seeds the starting centroids of the codebooks' k-means.
 
@@ -115,7 +124,7 @@ class FrequencyMixedCompressor(BaseEstimator):
     codebooks_ : dict of int to ndarray of shape (n_blocks, n_centroids, block_size)
         Codebooks of the product-quantization candidates, by block size.
     weighted_cosine_distance_ : float
-        Mean cosine distance of the fitted assignment, rows weighted by
+        Mean cosine distance of the fitted assignment, rows weighted by the floored
         ``sample_weight ** weight_power``.
     stored_size_ : int
         Stored bytes (or parameters, with ``ratio_unit="params"``) of the table.
@@ -165,6 +174,7 @@ class FrequencyMixedCompressor(BaseEstimator):
         "ranks": ["array-like"],
         "n_refits": [Interval(Integral, 0, None, closed="left")],
         "weight_power": [Interval(Real, 0, None, closed="left")],
+        "weight_floor": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
     }
 
@@ -179,6 +189,7 @@ class FrequencyMixedCompressor(BaseEstimator):
         ranks=(16, 32, 64, 128),
         n_refits=1,
         weight_power=0.5,
+        weight_floor=0.5,
         random_state=None,
     ):
         self.ratio = ratio
@@ -189,6 +200,7 @@ class FrequencyMixedCompressor(BaseEstimator):
         self.ranks = ranks
         self.n_refits = n_refits
         self.weight_power = weight_power
+        self.weight_floor = weight_floor
         self.random_state = random_state
 
     @property
@@ -210,7 +222,8 @@ class FrequencyMixedCompressor(BaseEstimator):
         y : None
             Ignored.
         sample_weight : array-like of shape (n_rows,), default=None
-            Row weights, typically token counts over a corpus plus a small floor.
+            Row weights, typically token counts over a corpus; rows of weight zero are
+            floored (see ``weight_floor``).
 
         Returns
         -------
@@ -236,6 +249,7 @@ class FrequencyMixedCompressor(BaseEstimator):
                 raise ValueError("sample_weight must be finite with a positive sum.")
         n, d = X.shape
         if weight is not None:
+            weight = np.maximum(weight, self.weight_floor * weight[weight > 0].min())
             weight = np.where(weight > 0, weight**self.weight_power, 0.0)
         weight = np.ones(n) if weight is None else weight * (n / weight.sum())
         rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))

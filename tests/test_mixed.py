@@ -152,3 +152,28 @@ def test_codebooks_that_cannot_pay_are_left_out(data):
     mixed.fit(X, sample_weight=counts)
     assert "pq4" in mixed.codecs_
     assert "pq4" not in set(np.asarray(mixed.codecs_)[mixed.assignment_])
+
+
+def test_rows_the_counts_never_saw_are_floored(data):
+    X, _ = data
+    rng = np.random.RandomState(1)
+    counts = rng.zipf(1.3, size=len(X)).astype(float)
+    counts[rng.rand(len(X)) < 0.4] = 0.0  # tokens absent from the counting text
+    unseen = counts == 0
+    params = dict(ranks=(4, 8, 16), random_state=0)
+    floored = FrequencyMixedCompressor(8, **params).fit(X, sample_weight=counts)
+    # The floor is half the smallest positive weight (a count of one), nothing else.
+    by_hand = FrequencyMixedCompressor(8, weight_floor=0, **params).fit(
+        X, sample_weight=np.maximum(counts, 0.5)
+    )
+    np.testing.assert_array_equal(floored.assignment_, by_hand.assignment_)
+    crushed = FrequencyMixedCompressor(8, weight_floor=0, **params).fit(X, sample_weight=counts)
+
+    def unseen_cosine(mixed):
+        return row_cosines(X, mixed.compress(X).decode().numpy())[unseen].mean()
+
+    assert unseen_cosine(crushed) < 0.5
+    assert unseen_cosine(floored) > 0.9
+    # Scaling the weights scales the floor: the same assignment.
+    scaled = FrequencyMixedCompressor(8, **params).fit(X, sample_weight=counts * 1e-3)
+    np.testing.assert_array_equal(scaled.assignment_, floored.assignment_)

@@ -1,0 +1,44 @@
+"""Tables and patches saved by an earlier version load and decode identically.
+
+The fixtures in tests/data/tables_v1 were written by tests/data/make_table_fixtures.py
+with the package as it stood before its reorganisation into codecs and estimators.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from skdirection import load_table
+
+FIXTURES = Path(__file__).parent / "data" / "tables_v1"
+DECODED = np.load(FIXTURES / "decoded.npz")
+
+
+@pytest.mark.parametrize("name", sorted(DECODED.files))
+def test_saved_tables_decode_bit_identically(name):
+    table = load_table(FIXTURES / f"{name}.safetensors")
+    with torch.no_grad():
+        decoded = table.decode().numpy()
+    np.testing.assert_array_equal(decoded, DECODED[name])
+    rows = torch.tensor([[3, 0], [299, 7]])
+    # A matrix product over a few rows may round differently from one over all of them.
+    np.testing.assert_allclose(
+        table(rows).detach().numpy(), DECODED[name][rows.numpy()], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_a_saved_patch_loads_onto_its_base_model():
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    from skdirection.adapters.transformers import load_compressed
+
+    folder = FIXTURES / "patch_both"
+    model = AutoModelForCausalLM.from_pretrained(folder / "base", local_files_only=True).eval()
+    report = load_compressed(model, folder)
+    assert report.target == "both"
+    with torch.no_grad():
+        logits = model(input_ids=torch.arange(40)[None]).logits
+    np.testing.assert_array_equal(logits.numpy(), np.load(folder / "logits.npy"))

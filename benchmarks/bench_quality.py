@@ -39,12 +39,20 @@ from skdirection import (  # noqa: E402
     ScalarQuantizer,
     TruncatedSVDCompressor,
 )
-from skdirection._methods import pq_block_size  # noqa: E402
 from skdirection.metrics import mean_cosine_similarity  # noqa: E402
+from skdirection.presets import low_rank_components, pq_block_size  # noqa: E402
 
 LM_COLUMNS = [
-    "method", "family", "target", "bytes_ratio", "params_ratio", "mean_cosine",
-    "weighted_cosine", "perplexity", "perplexity_ratio", "fit_seconds",
+    "method",
+    "family",
+    "target",
+    "bytes_ratio",
+    "params_ratio",
+    "mean_cosine",
+    "weighted_cosine",
+    "perplexity",
+    "perplexity_ratio",
+    "fit_seconds",
 ]
 SPACY_COLUMNS = ["target_ratio", "method", "bytes_ratio", "mean_cosine", "overlap10"]
 SCALAR = ((8, None), (4, 32), (3, 32), (2, 32), (4, None), (3, None), (2, None))
@@ -53,46 +61,81 @@ BOTH_FAMILIES = ("scalar-g32", "pq-weighted", "mixed-bytes", "mixed-params", "sv
 PQ_BLOCK_SIZES = (2, 3, 4, 8)
 
 
-def svd_rank(n, d, ratio):
-    return int(n * d / (ratio * (n + d)))
-
-
 def lm_methods(n, d, counts, args):
     """(name, family, estimator factory, sample_weight) for SmolLM2's table."""
     methods = []
     for ratio in (10, 5, 2.5):
-        k = svd_rank(n, d, ratio)
-        methods.append((f"svd x{ratio}", "svd", lambda k=k: TruncatedSVDCompressor(k), None))
-        methods.append((f"svd weighted x{ratio}", "svd-weighted",
-                        lambda k=k: TruncatedSVDCompressor(k), counts))
-        methods.append((f"direction x{ratio}", "direction",
-                        lambda k=k: DirectionAutoEncoder(k, random_state=1), None))
+        k = low_rank_components(n, d, ratio)
+        methods.append(
+            (f"svd x{ratio}", "svd", lambda k=k: TruncatedSVDCompressor(k), None)
+        )
+        methods.append(
+            (
+                f"svd weighted x{ratio}",
+                "svd-weighted",
+                lambda k=k: TruncatedSVDCompressor(k),
+                counts,
+            )
+        )
+        methods.append(
+            (
+                f"direction x{ratio}",
+                "direction",
+                lambda k=k: DirectionAutoEncoder(k, random_state=1),
+                None,
+            )
+        )
     if args.paper:
-        k = svd_rank(n, d, 5)
-        methods.append(("paper loop x5", "direction-paper",
-                        lambda k=k: DirectionAutoEncoder.paper(k, random_state=1), None))
+        k = low_rank_components(n, d, 5)
+        methods.append(
+            (
+                "paper loop x5",
+                "direction-paper",
+                lambda k=k: DirectionAutoEncoder.paper(k, random_state=1),
+                None,
+            )
+        )
     for bits, group in SCALAR:
         name = f"int{bits}" + (f" g{group}" if group else " row")
         family = "scalar-g32" if group else "scalar-row"
-        methods.append((name, family, lambda b=bits, g=group: ScalarQuantizer(b, group_size=g),
-                        None))
+        methods.append(
+            (name, family, lambda b=bits, g=group: ScalarQuantizer(b, group_size=g), None)
+        )
     for block_size in PQ_BLOCK_SIZES:
         make = lambda b=block_size: ProductQuantizer(b, random_state=0)  # noqa: E731
         methods.append((f"pq{block_size}", "pq", make, None))
         # The counts' square root, as the mix tempers them (weight_power=0.5).
         methods.append((f"pq{block_size} weighted", "pq-weighted", make, np.sqrt(counts)))
     for ratio in args.bytes_ratios:
-        methods.append((f"mixed bytes x{ratio:g}", "mixed-bytes",
-                        lambda r=ratio: FrequencyMixedCompressor(r, random_state=0), counts))
+        methods.append(
+            (
+                f"mixed bytes x{ratio:g}",
+                "mixed-bytes",
+                lambda r=ratio: FrequencyMixedCompressor(r, random_state=0),
+                counts,
+            )
+        )
     for ratio in args.params_ratios:
-        methods.append((f"mixed params x{ratio:g}", "mixed-params",
-                        lambda r=ratio: FrequencyMixedCompressor(r, ratio_unit="params",
-                                                                 random_state=0),
-                        counts))
+        methods.append(
+            (
+                f"mixed params x{ratio:g}",
+                "mixed-params",
+                lambda r=ratio: FrequencyMixedCompressor(
+                    r, ratio_unit="params", random_state=0
+                ),
+                counts,
+            )
+        )
     if args.only:
         order = args.only.split(",")
-        methods = sorted((m for m in methods if m[1] in order), key=lambda m: order.index(m[1]))
+        methods = sorted(
+            (m for m in methods if m[1] in order), key=lambda m: order.index(m[1])
+        )
     return methods
+
+
+def fit_and_compress(estimator, X, weight):
+    return estimator.fit(X, sample_weight=weight).compress(X)
 
 
 def run_lm(args):
@@ -107,26 +150,49 @@ def run_lm(args):
     measure = perplexity_meter(model, tokenizer, hamlet_text(), args.tokens, args.stride)
 
     base = measure()
-    rows = [dict(method="original", family="original", target="-", bytes_ratio=1.0,
-                 params_ratio=1.0, mean_cosine=1.0, weighted_cosine=1.0, perplexity=base,
-                 perplexity_ratio=1.0, fit_seconds=0.0)]
+    rows = [
+        dict(
+            method="original",
+            family="original",
+            target="-",
+            bytes_ratio=1.0,
+            params_ratio=1.0,
+            mean_cosine=1.0,
+            weighted_cosine=1.0,
+            perplexity=base,
+            perplexity_ratio=1.0,
+            fit_seconds=0.0,
+        )
+    ]
     print(f"original perplexity {base:.3f}", flush=True)
     for name, family, make, weight in lm_methods(n, d, counts, args):
-        table, seconds = timed(lambda: make().fit(X, sample_weight=weight).compress(X))
+        table, seconds = timed(fit_and_compress, make(), X, weight)
         with torch.no_grad():
             decoded = table.decode().float().numpy()
         targets = ("input", "both") if args.both and family in BOTH_FAMILIES else ("input",)
         for target in targets:
             value = measure(table, target)
-            rows.append(dict(
-                method=name, family=family, target=target,
-                bytes_ratio=X.nbytes / table.n_bytes, params_ratio=X.size / table.n_parameters,
-                mean_cosine=mean_cosine_similarity(X, decoded),
-                weighted_cosine=mean_cosine_similarity(X, decoded, counts),
-                perplexity=value, perplexity_ratio=value / base, fit_seconds=seconds,
-            ))
-            print({k: (round(v, 4) if isinstance(v, float) else v)
-                   for k, v in rows[-1].items()}, flush=True)
+            rows.append(
+                dict(
+                    method=name,
+                    family=family,
+                    target=target,
+                    bytes_ratio=X.nbytes / table.n_bytes,
+                    params_ratio=X.size / table.n_parameters,
+                    mean_cosine=mean_cosine_similarity(X, decoded),
+                    weighted_cosine=mean_cosine_similarity(X, decoded, counts),
+                    perplexity=value,
+                    perplexity_ratio=value / base,
+                    fit_seconds=seconds,
+                )
+            )
+            print(
+                {
+                    k: (round(v, 4) if isinstance(v, float) else v)
+                    for k, v in rows[-1].items()
+                },
+                flush=True,
+            )
             write_csv(rows, LM_COLUMNS, RESULTS / "quality_lm.csv")
     return rows
 
@@ -138,13 +204,15 @@ def neighbour_overlap(X, Y, k=10, n_queries=2000, seed=0):
     )
 
     def neighbours(M):
-        M = torch.from_numpy(M / np.maximum(np.linalg.norm(M, axis=1, keepdims=True), 1e-30))
+        M = torch.from_numpy(
+            M / np.maximum(np.linalg.norm(M, axis=1, keepdims=True), 1e-30)
+        )
         similarities = M[queries] @ M.T
         similarities[torch.arange(len(queries)), torch.from_numpy(queries)] = -np.inf
         return similarities.topk(k, dim=1).indices.numpy()
 
     a, b = neighbours(X), neighbours(Y)
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
 
 
 def run_spacy():
@@ -156,18 +224,26 @@ def run_spacy():
     rows = []
 
     def record(ratio, name, Y, n_bytes):
-        rows.append(dict(target_ratio=ratio, method=name, bytes_ratio=X.nbytes / n_bytes,
-                         mean_cosine=mean_cosine_similarity(X, Y),
-                         overlap10=neighbour_overlap(X, Y)))
+        rows.append(
+            dict(
+                target_ratio=ratio,
+                method=name,
+                bytes_ratio=X.nbytes / n_bytes,
+                mean_cosine=mean_cosine_similarity(X, Y),
+                overlap10=neighbour_overlap(X, Y),
+            )
+        )
         print(rows[-1], flush=True)
 
     for ratio in (8, 16, 32):
-        k = max(1, svd_rank(n, d, ratio))
+        k = low_rank_components(n, d, ratio)
         candidates = [
             (f"svd k{k}", TruncatedSVDCompressor(k)),
             (f"direction k{k}", DirectionAutoEncoder(k, random_state=1)),
-            (f"mixed x{ratio}", FrequencyMixedCompressor(ratio, ranks=(8, 16, 32, 64),
-                                                         random_state=0)),
+            (
+                f"mixed x{ratio}",
+                FrequencyMixedCompressor(ratio, ranks=(8, 16, 32, 64), random_state=0),
+            ),
         ]
         block_size = pq_block_size(n, d, ratio, "bytes")
         candidates.append((f"pq{block_size}", ProductQuantizer(block_size, random_state=0)))
@@ -180,8 +256,12 @@ def run_spacy():
                 record(ratio, name, table.decode().float().numpy(), table.n_bytes)
         # PCA stores the latent table, the components and the mean, in float32.
         pca = PCA(k, random_state=0).fit(X)
-        record(ratio, f"pca k{k}", pca.inverse_transform(pca.transform(X)),
-               4 * (n * k + k * d + d))
+        record(
+            ratio,
+            f"pca k{k}",
+            pca.inverse_transform(pca.transform(X)),
+            4 * (n * k + k * d + d),
+        )
     return rows
 
 
@@ -193,9 +273,12 @@ def plot(rows, path):
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for family in dict.fromkeys(r["family"] for r in rows if r["target"] == "input"):
-        points = sorted((r["bytes_ratio"], r["perplexity_ratio"]) for r in rows
-                        if r["family"] == family and r["target"] == "input")
-        ax.plot(*zip(*points), marker="o", label=family)
+        points = sorted(
+            (r["bytes_ratio"], r["perplexity_ratio"])
+            for r in rows
+            if r["family"] == family and r["target"] == "input"
+        )
+        ax.plot(*zip(*points, strict=True), marker="o", label=family)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("bytes ratio (float32 bytes / stored bytes)")
@@ -209,22 +292,31 @@ def plot(rows, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paper", action="store_true", help="add the paper's loop (slow)")
-    parser.add_argument("--both", action="store_true",
-                        help="also compress the tied input embedding and output head together")
-    parser.add_argument("--spacy", action="store_true", help="also run spaCy's word vectors")
+    parser.add_argument(
+        "--both",
+        action="store_true",
+        help="also compress the tied input embedding and output head together",
+    )
+    parser.add_argument(
+        "--spacy", action="store_true", help="also run spaCy's word vectors"
+    )
     parser.add_argument("--no-lm", action="store_true", help="skip the language model")
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--stride", type=int, default=1024)
     parser.add_argument("--bytes-ratios", type=float, nargs="*", default=[8, 10, 16, 32])
     parser.add_argument("--params-ratios", type=float, nargs="*", default=[10, 5, 2.5])
-    parser.add_argument("--only", default="", help="comma-separated families, in this order")
+    parser.add_argument(
+        "--only", default="", help="comma-separated families, in this order"
+    )
     args = parser.parse_args()
 
     print(f"machine: {machine_description()}", flush=True)
     if not args.no_lm:
         rows = run_lm(args)
-        print(f"\nSmolLM2-135M; counts: gensim Lee + Wikipedia; perplexity: Hamlet, "
-              f"{args.tokens} tokens, window 1024, stride {args.stride}")
+        print(
+            f"\nSmolLM2-135M; counts: gensim Lee + Wikipedia; perplexity: Hamlet, "
+            f"{args.tokens} tokens, window 1024, stride {args.stride}"
+        )
         print(format_table(rows, LM_COLUMNS))
         plot(rows, RESULTS / "quality_lm.png")
     if args.spacy:

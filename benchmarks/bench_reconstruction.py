@@ -11,13 +11,26 @@ a CSV.
 
 import argparse
 
-from _common import RESULTS, format_table, machine_description, smollm2_embedding, timed, write_csv
+from _common import (
+    RESULTS,
+    format_table,
+    machine_description,
+    smollm2_embedding,
+    timed,
+    write_csv,
+)
 
 from skdirection import DirectionAutoEncoder, ScalarQuantizer, TruncatedSVDCompressor
 from skdirection.metrics import mean_cosine_similarity, reconstruction_rmse
 
 COLUMNS = [
-    "method", "k", "params_ratio", "bytes_ratio", "mean_cosine", "rmse", "fit_seconds",
+    "method",
+    "k",
+    "params_ratio",
+    "bytes_ratio",
+    "mean_cosine",
+    "rmse",
+    "fit_seconds",
 ]
 
 

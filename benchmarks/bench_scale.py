@@ -13,7 +13,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,8 +30,9 @@ CHUNK = 1_000_000
 def write_table(path, n_rows, seed=0):
     rng = np.random.default_rng(seed)
     basis = rng.normal(size=(16, N_FEATURES)).astype(np.float32)
-    table = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
-                                      shape=(n_rows, N_FEATURES))
+    table = np.lib.format.open_memmap(
+        path, mode="w+", dtype=np.float32, shape=(n_rows, N_FEATURES)
+    )
     for start in range(0, n_rows, CHUNK):
         n = min(CHUNK, n_rows - start)
         rows = rng.standard_normal((n, 16), dtype=np.float32) @ basis
@@ -57,8 +57,9 @@ def worker(path, estimator, device, k, max_iter, threads):
         if estimator == "svd":
             model = TruncatedSVDCompressor(k, device=device)
         else:
-            model = DirectionAutoEncoder(k, max_iter=max_iter, n_iter_no_change=None,
-                                         device=device, random_state=0)
+            model = DirectionAutoEncoder(
+                k, max_iter=max_iter, n_iter_no_change=None, device=device, random_state=0
+            )
         start = time.perf_counter()
         model.fit(table)
         seconds = time.perf_counter() - start
@@ -70,14 +71,17 @@ def worker(path, estimator, device, k, max_iter, threads):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--rows", type=int, nargs="+",
-                        default=[1_000_000, 2_000_000, 5_000_000, 10_000_000])
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[1_000_000, 2_000_000, 5_000_000, 10_000_000]
+    )
     parser.add_argument("--estimators", nargs="+", default=["svd", "autoencoder"])
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--max-iter", type=int, default=2, help="autoencoder epochs")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dir", default=tempfile.gettempdir())
-    parser.add_argument("--worker", nargs=2, metavar=("PATH", "ESTIMATOR"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", nargs=2, metavar=("PATH", "ESTIMATOR"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--make", nargs=2, metavar=("PATH", "ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make:
@@ -91,9 +95,19 @@ def main():
     rows = []
 
     def run(path, n_rows, estimator):
-        command = [sys.executable, __file__, "--worker", str(path), estimator,
-                   "--device", args.device, "--k", str(args.k),
-                   "--max-iter", str(args.max_iter)]
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            str(path),
+            estimator,
+            "--device",
+            args.device,
+            "--k",
+            str(args.k),
+            "--max-iter",
+            str(args.max_iter),
+        ]
         if args.threads:
             command += ["--threads", str(args.threads)]
         out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
@@ -106,32 +120,36 @@ def main():
         path = Path(args.dir) / f"bench_scale_{n_rows}.npy"
         # Written by another process: Linux keeps ru_maxrss across fork and exec, so
         # pages this process touched would count in every worker's peak.
-        subprocess.run([sys.executable, __file__, "--make", str(path), str(n_rows)],
-                       check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--make", str(path), str(n_rows)], check=True
+        )
         try:
             for estimator in args.estimators:
                 run(path, n_rows, estimator)
         finally:
             path.unlink()
 
-    import torch
+    from skdirection.report import machine_description
 
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-               f"torch {torch.__version__}, device {args.device}")
-    if args.device.startswith("cuda"):
-        machine += f" ({torch.cuda.get_device_name()})"
-    print(f"\n{N_FEATURES} float32 columns from a memmap, k={args.k}, "
-          f"autoencoder {args.max_iter} epochs; machine: {machine}")
+    machine = f"{machine_description(args.device)}, device {args.device}"
+    print(
+        f"\n{N_FEATURES} float32 columns from a memmap, k={args.k}, "
+        f"autoencoder {args.max_iter} epochs; machine: {machine}"
+    )
     print(f"{'rows':>10} {'estimator':>12} {'seconds':>9} {'peak MiB':>9}")
     for row in rows:
-        print(f"{row['rows']:>10} {row['estimator']:>12} {row['seconds']:9.2f} "
-              f"{row['peak_mib']:9.0f}")
+        print(
+            f"{row['rows']:>10} {row['estimator']:>12} {row['seconds']:9.2f} "
+            f"{row['peak_mib']:9.0f}"
+        )
     for estimator in args.estimators:
         timing = {r["rows"]: r["seconds"] for r in rows if r["estimator"] == estimator}
         if min(timing) > 0 and len(timing) > 1:
             low, high = min(timing), max(timing)
-            print(f"{estimator}: time ratio {high}/{low} rows = "
-                  f"{timing[high] / timing[low]:.2f} (rows ratio {high / low:.0f})")
+            print(
+                f"{estimator}: time ratio {high}/{low} rows = "
+                f"{timing[high] / timing[low]:.2f} (rows ratio {high / low:.0f})"
+            )
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"bench_scale_{args.device.replace(':', '')}"
     with open(stem.with_suffix(".csv"), "w", newline="") as handle:
@@ -148,10 +166,12 @@ def main():
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     for estimator in args.estimators:
         mine = [r for r in rows if r["estimator"] == estimator]
-        left.plot([r["rows"] for r in mine], [r["seconds"] for r in mine], "o-",
-                  label=estimator)
-        right.plot([r["rows"] for r in mine], [r["peak_mib"] for r in mine], "o-",
-                   label=estimator)
+        left.plot(
+            [r["rows"] for r in mine], [r["seconds"] for r in mine], "o-", label=estimator
+        )
+        right.plot(
+            [r["rows"] for r in mine], [r["peak_mib"] for r in mine], "o-", label=estimator
+        )
     left.set(xlabel="rows", ylabel="fit seconds", title="time")
     right.set(xlabel="rows", ylabel="peak resident MiB", title="memory")
     right.axhline(1024, color="grey", linestyle=":")

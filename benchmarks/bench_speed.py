@@ -71,30 +71,40 @@ def main():
         from skdirection.datasets import load_smollm2, load_wikipedia_text
 
         language_model, tokenizer = load_smollm2()
-        measure = perplexity_meter(language_model, tokenizer, load_wikipedia_text(),
-                                   args.perplexity_tokens)
+        measure = perplexity_meter(
+            language_model, tokenizer, load_wikipedia_text(), args.perplexity_tokens
+        )
     rows = []
 
     def record(method, seconds, model, with_perplexity=False):
         X_hat = model.inverse_transform(model.transform(X))
-        rows.append({
-            "method": method,
-            "seconds": seconds,
-            "epochs": getattr(model, "n_iter_", "-"),
-            "mean_cosine": mean_cosine_similarity(X, X_hat),
-            "relative_error": float(np.linalg.norm(X - X_hat) / np.linalg.norm(X)),
-            "perplexity": measure(model.compress(X)) if with_perplexity and measure else "-",
-        })
+        rows.append(
+            {
+                "method": method,
+                "seconds": seconds,
+                "epochs": getattr(model, "n_iter_", "-"),
+                "mean_cosine": mean_cosine_similarity(X, X_hat),
+                "relative_error": float(np.linalg.norm(X - X_hat) / np.linalg.norm(X)),
+                "perplexity": measure(model.compress(X))
+                if with_perplexity and measure
+                else "-",
+            }
+        )
         print(rows[-1], flush=True)
 
     if not args.skip_paper:
         seconds, model = median_fit(
             lambda: DirectionAutoEncoder.paper(k, device=device, random_state=1),
-            X, args.paper_repeats, device,
+            X,
+            args.paper_repeats,
+            device,
         )
         record("autoencoder, paper loop (batch 32, 30 epochs)", seconds, model, True)
     seconds, model = median_fit(
-        lambda: DirectionAutoEncoder(k, device=device, random_state=1), X, args.repeats, device
+        lambda: DirectionAutoEncoder(k, device=device, random_state=1),
+        X,
+        args.repeats,
+        device,
     )
     record("autoencoder, default (SVD start, batch 512, 7 epochs)", seconds, model, True)
     seconds, model = median_fit(
@@ -104,17 +114,23 @@ def main():
 
     from sklearn.decomposition import TruncatedSVD
 
-    seconds, model = median_fit(lambda: TruncatedSVD(k, random_state=42), X, args.repeats, "cpu")
+    seconds, model = median_fit(
+        lambda: TruncatedSVD(k, random_state=42), X, args.repeats, "cpu"
+    )
     record("sklearn TruncatedSVD (randomized, n_iter=5)", seconds, model)
 
     print(f"\nSmolLM2 embedding {X.shape[0]} x {X.shape[1]}, k={k}, device={device}")
     print(f"machine: {machine_description(device)}")
     if measure:
-        print(f"perplexity: first {args.perplexity_tokens} tokens of gensim's Wikipedia slice")
+        print(
+            f"perplexity: first {args.perplexity_tokens} tokens of gensim's Wikipedia slice"
+        )
     print(format_table(rows, COLUMNS))
     if not args.skip_paper:
-        print(f"speed-up of the default over the paper loop: "
-              f"{rows[0]['seconds'] / rows[1]['seconds']:.1f}x")
+        print(
+            f"speed-up of the default over the paper loop: "
+            f"{rows[0]['seconds'] / rows[1]['seconds']:.1f}x"
+        )
     out = write_csv(rows, COLUMNS, RESULTS / f"bench_speed_{device.replace(':', '')}.csv")
     print(f"wrote {out}")
 

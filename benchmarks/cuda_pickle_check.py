@@ -23,7 +23,9 @@ def main(mode, folder):
     X = data()
     if mode == "dump":
         models = {
-            "autoencoder": DirectionAutoEncoder(8, max_iter=3, device="cuda", random_state=0),
+            "autoencoder": DirectionAutoEncoder(
+                8, max_iter=3, device="cuda", random_state=0
+            ),
             "svd": TruncatedSVDCompressor(8, device="cuda", random_state=0),
         }
         for name, model in models.items():
@@ -39,7 +41,9 @@ def main(mode, folder):
             model = pickle.loads((folder / f"{name}.pkl").read_bytes())
             expected = np.load(folder / f"{name}_codes.npy")
             gap = np.abs(model.transform(X) - expected).max()
-            print(f"{name}: fitted on {model.device_}, CPU transform max |diff| = {gap:.2e}")
+            print(
+                f"{name}: fitted on {model.device_}, CPU transform max |diff| = {gap:.2e}"
+            )
             assert gap < 1e-4
 
 

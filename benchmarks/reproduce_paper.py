@@ -16,26 +16,17 @@ StepLR 4 / 0.5, seed 1, no token weights). Run::
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from skdirection import datasets
-from skdirection._cli import format_rows, plot_rows
-from skdirection._evaluate import evaluate
+from skdirection.adapters.transformers import evaluate
+from skdirection.report import format_rows, machine_description, plot_rows
 
 RATIOS = [10.0, 5.0, 2.5]
 METHODS = ["svd", "direction"]
-
-
-def machine():
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__} ({'CUDA' if torch.cuda.is_available() else 'CPU only'})"
-    )
 
 
 def main(argv=None):
@@ -50,7 +41,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     options = {"device": args.device, "seed": 1, "epochs": args.epochs, "batch_size": 32}
-    print(f"machine: {machine()}", flush=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"machine: {machine_description(device)}", flush=True)
 
     def log(message):
         print(f"  [{time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -59,29 +51,47 @@ def main(argv=None):
     if not args.skip_smollm2:
         model, tokenizer = datasets.load_smollm2()
         rows = evaluate(
-            model, tokenizer, METHODS, RATIOS, target="input",
-            eval_texts=datasets.load_wikipedia_text(), max_tokens=args.max_tokens,
-            options=options, progress=False, log=log,
+            model,
+            tokenizer,
+            METHODS,
+            RATIOS,
+            target="input",
+            eval_texts=datasets.load_wikipedia_text(),
+            max_tokens=args.max_tokens,
+            options=options,
+            progress=False,
+            log=log,
         )
         results["smollm2"] = rows
-        print(f"\nSmolLM2-135M, input embedding, perplexity on gensim's Wikipedia "
-              f"(first {args.max_tokens} tokens):")
+        print(
+            f"\nSmolLM2-135M, input embedding, perplexity on gensim's Wikipedia "
+            f"(first {args.max_tokens} tokens):"
+        )
         print(format_rows(rows, "table"), flush=True)
         plot_rows(rows, args.out / "smollm2.png", "SmolLM2-135M, input target")
         del model
     if not args.skip_minilm:
         model, tokenizer = datasets.load_minilm()
         rows = evaluate(
-            model, tokenizer, METHODS, RATIOS, target="input",
-            eval_texts=datasets.load_lee_text(), n_sentences=args.sentences,
-            options=options, progress=False, log=log,
+            model,
+            tokenizer,
+            METHODS,
+            RATIOS,
+            target="input",
+            eval_texts=datasets.load_lee_text(),
+            n_sentences=args.sentences,
+            options=options,
+            progress=False,
+            log=log,
         )
         results["minilm"] = rows
-        print(f"\nall-MiniLM-L6-v2, word embedding, Spearman of pair similarities "
-              f"({args.sentences} sentences of gensim's Lee corpus):")
+        print(
+            f"\nall-MiniLM-L6-v2, word embedding, Spearman of pair similarities "
+            f"({args.sentences} sentences of gensim's Lee corpus):"
+        )
         print(format_rows(rows, "table"), flush=True)
         plot_rows(rows, args.out / "minilm.png", "all-MiniLM-L6-v2, input target")
-    results["machine"] = machine()
+    results["machine"] = machine_description(device)
     (args.out / "reproduce_paper.json").write_text(json.dumps(results, indent=2))
 
 

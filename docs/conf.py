@@ -40,6 +40,18 @@ intersphinx_mapping = {}
 autosummary_generate = True
 # Document what each module lists in __all__, including names it re-exports.
 autosummary_ignore_module_all = False
+# Names a subpackage re-exports are documented once, where the user imports them first.
+autosummary_context = {
+    "documented_elsewhere": {
+        "skdirection.codecs": list(skdirection.__all__),
+        "skdirection.estimators": list(skdirection.__all__),
+        "skdirection.adapters.transformers": [
+            "CompressedEmbedding",
+            "CompressedLMHead",
+            "count_parameters",
+        ],
+    }
+}
 autodoc_typehints = "none"
 
 numpydoc_show_class_members = False

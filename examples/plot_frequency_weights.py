@@ -88,6 +88,7 @@ fig.tight_layout()
 # The price is paid by rare tokens: the mean over the whole vocabulary, every row
 # counted once, drops.
 for name in scores:
-    print(f"{name}: mean cosine over the vocabulary at k=16 "
-          f"{vocabulary_scores[name, 16]:.4f}")
+    print(
+        f"{name}: mean cosine over the vocabulary at k=16 {vocabulary_scores[name, 16]:.4f}"
+    )
 plt.show()

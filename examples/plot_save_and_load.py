@@ -31,8 +31,10 @@ table = svd.compress(X)
 folder = tempfile.mkdtemp()
 path = os.path.join(folder, "minilm-words-k48.safetensors")
 save_table(table, path)
-print(f"original: {X.nbytes / 2**20:.1f} MiB, stored: {table.n_bytes / 2**20:.1f} MiB, "
-      f"file: {os.path.getsize(path) / 2**20:.1f} MiB")
+print(
+    f"original: {X.nbytes / 2**20:.1f} MiB, stored: {table.n_bytes / 2**20:.1f} MiB, "
+    f"file: {os.path.getsize(path) / 2**20:.1f} MiB"
+)
 
 # %%
 # Load and decode rows by index

@@ -1,17 +1,31 @@
 """Direction-preserving compression of embedding matrices.
 
 Estimators follow scikit-learn's API and train with torch, on CUDA when available.
+The package is layered: :mod:`skdirection.codecs` (how rows are stored) under
+:mod:`skdirection.estimators` (scikit-learn wrappers) under :mod:`skdirection.presets`
+(methods by name) under :mod:`skdirection.adapters` (tables inside other libraries'
+models) under :mod:`skdirection.cli`.
 """
 
-from ._autoencoder import DirectionAutoEncoder
-from ._hybrid_table import DenseTable, LinearDecodedTable, NormScaledTable, PartitionedTable
-from ._mixed import FrequencyMixedCompressor
-from ._product_quantized_table import ProductQuantizedTable
-from ._product_quantizer import ProductQuantizer
-from ._quantized_table import QuantizedTable
-from ._quantizer import ScalarQuantizer
-from ._svd import TruncatedSVDCompressor
-from ._table import CompressedTable, LowRankTable, load_table, save_table
+from .codecs import (
+    CompressedTable,
+    DenseTable,
+    LinearDecodedTable,
+    LowRankTable,
+    NormScaledTable,
+    PartitionedTable,
+    ProductQuantizedTable,
+    QuantizedTable,
+    load_table,
+    save_table,
+)
+from .estimators import (
+    DirectionAutoEncoder,
+    FrequencyMixedCompressor,
+    ProductQuantizer,
+    ScalarQuantizer,
+    TruncatedSVDCompressor,
+)
 
 __version__ = "0.1.0.dev0"
 

@@ -6,7 +6,15 @@ Every function accepts numpy arrays; the ``*_scorer`` functions take
 """
 
 import numpy as np
-from sklearn.utils.validation import _check_sample_weight, check_array, check_consistent_length
+import torch
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_array,
+    check_consistent_length,
+)
+
+from ._engine.numerics import row_cosine
+from .codecs import low_rank_size
 
 __all__ = [
     "compression_ratio",
@@ -17,6 +25,7 @@ __all__ = [
     "reconstruction_rmse",
     "row_cosine_similarity",
 ]
+
 
 def _check_pair(X, X_reconstructed):
     X = check_array(X, dtype=[np.float64, np.float32])
@@ -39,17 +48,7 @@ def row_cosine_similarity(X, X_reconstructed):
     similarity : ndarray of shape (n_rows,)
     """
     X, X_reconstructed = _check_pair(X, X_reconstructed)
-    norms = np.linalg.norm(X, axis=1)
-    norms_rec = np.linalg.norm(X_reconstructed, axis=1)
-    zero, zero_rec = norms == 0, norms_rec == 0
-    # Normalising each row first keeps tiny (or huge) rows from under- or overflowing.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        unit = X / norms[:, None]
-        unit_rec = X_reconstructed / norms_rec[:, None]
-        similarity = np.einsum("ij,ij->i", unit, unit_rec)
-    similarity[zero | zero_rec] = 0.0
-    similarity[zero & zero_rec] = 1.0
-    return np.clip(similarity, -1.0, 1.0)
+    return row_cosine(torch.from_numpy(X), torch.from_numpy(X_reconstructed)).numpy()
 
 
 def mean_cosine_similarity(X, X_reconstructed, sample_weight=None):
@@ -92,7 +91,7 @@ def compression_ratio(n_rows, n_features, n_components, *, bias=False):
     """
     if min(n_rows, n_features, n_components) < 1:
         raise ValueError("n_rows, n_features and n_components must all be positive.")
-    stored = n_rows * n_components + n_components * n_features + (n_features if bias else 0)
+    stored = low_rank_size(n_rows, n_features, n_components, bias=bias).n_parameters
     return n_rows * n_features / stored
 
 

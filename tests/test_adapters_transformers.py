@@ -52,7 +52,9 @@ def test_import_skdirection_does_not_import_transformers():
 
 
 @pytest.mark.parametrize("target", ["input", "output", "both"])
-def test_patch_then_unpatch_is_bit_exact_and_keeps_the_tie(tiny_llama, tiny_tokenizer, target):
+def test_patch_then_unpatch_is_bit_exact_and_keeps_the_tie(
+    tiny_llama, tiny_tokenizer, target
+):
     model, ids = tiny_llama, _ids(tiny_tokenizer)
     embedding = model.get_input_embeddings()
     weight = embedding.weight
@@ -122,8 +124,9 @@ def test_report_counts_unique_parameters(tiny_llama):
 def test_autoencoder_table_counts_the_decoder_bias(tiny_llama):
     model = tiny_llama
     V, d = model.get_input_embeddings().weight.shape
-    ae = DirectionAutoEncoder(n_components=K, max_iter=1, batch_size=64, device="cpu",
-                              random_state=0).fit(_matrix(model))
+    ae = DirectionAutoEncoder(
+        n_components=K, max_iter=1, batch_size=64, device="cpu", random_state=0
+    ).fit(_matrix(model))
     report = patch_embeddings(model, ae, target="both")
     assert report.embedding_params_after == V * K + K * d + d
 
@@ -180,10 +183,11 @@ def test_bad_inputs(tiny_llama, tiny_tokenizer):
     svd = _svd(model)
     with pytest.raises(ValueError, match="not fitted"):
         patch_embeddings(model, TruncatedSVDCompressor(n_components=K))
-    other = TruncatedSVDCompressor(n_components=K).fit(np.random.rand(50, 7))
+    rows = np.random.default_rng(0).random((50, 7))
+    other = TruncatedSVDCompressor(n_components=K).fit(rows)
     with pytest.raises(ValueError, match="fitted on rows of 7 values"):
         patch_embeddings(model, other)
-    wrong_rows = other.compress(np.random.rand(50, 7))
+    wrong_rows = other.compress(rows)
     with pytest.raises(ValueError, match="50 x 7"):
         patch_embeddings(model, wrong_rows)
     with pytest.raises(ValueError, match="target"):
@@ -226,10 +230,25 @@ def test_causal_perplexity_is_deterministic_and_matches_the_model_loss(
     whole = perplexity(model, tiny_tokenizer, [TEXT], max_tokens=100, progress=False)
     assert whole == pytest.approx(float(torch.exp(loss)), rel=1e-5)
     # Sliding windows: batched or not, same result; shorter context, different one.
-    a = perplexity(model, tiny_tokenizer, [TEXT], max_length=32, stride=16, max_tokens=100,
-                   progress=False)
-    b = perplexity(model, tiny_tokenizer, [TEXT], max_length=32, stride=16, max_tokens=100,
-                   batch_size=1, progress=False)
+    a = perplexity(
+        model,
+        tiny_tokenizer,
+        [TEXT],
+        max_length=32,
+        stride=16,
+        max_tokens=100,
+        progress=False,
+    )
+    b = perplexity(
+        model,
+        tiny_tokenizer,
+        [TEXT],
+        max_length=32,
+        stride=16,
+        max_tokens=100,
+        batch_size=1,
+        progress=False,
+    )
     assert a == pytest.approx(b, rel=1e-5)
     assert a != pytest.approx(whole, rel=1e-6)
     longer = perplexity(model, tiny_tokenizer, [TEXT], progress=False)
@@ -239,9 +258,15 @@ def test_causal_perplexity_is_deterministic_and_matches_the_model_loss(
 def test_masked_perplexity_is_seeded(tiny_bert, tiny_tokenizer):
     model = tiny_bert
     texts = [TEXT, TEXT[:200]]
-    a = perplexity(model, tiny_tokenizer, texts, random_state=3, max_length=32, progress=False)
-    b = perplexity(model, tiny_tokenizer, texts, random_state=3, max_length=32, progress=False)
-    c = perplexity(model, tiny_tokenizer, texts, random_state=4, max_length=32, progress=False)
+    a = perplexity(
+        model, tiny_tokenizer, texts, random_state=3, max_length=32, progress=False
+    )
+    b = perplexity(
+        model, tiny_tokenizer, texts, random_state=3, max_length=32, progress=False
+    )
+    c = perplexity(
+        model, tiny_tokenizer, texts, random_state=4, max_length=32, progress=False
+    )
     assert a == b
     assert a != c
     assert 1 < a < 10 * len(tiny_tokenizer)
@@ -259,16 +284,24 @@ def test_masked_lm_patch_roundtrip(tiny_bert, tiny_tokenizer):
     unpatch_embeddings(model)
     patch_embeddings(model, svd, target="both")
     unpatch_embeddings(model)
-    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    assert (
+        model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    )
     assert torch.equal(_logits(model, ids), before)
 
 
 def test_perplexity_needs_a_language_model_head(tiny_tokenizer):
     from transformers import BertConfig, BertModel
 
-    encoder = BertModel(BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=16,
-                                   num_hidden_layers=1, num_attention_heads=2,
-                                   intermediate_size=16))
+    encoder = BertModel(
+        BertConfig(
+            vocab_size=len(tiny_tokenizer),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+        )
+    )
     with pytest.raises(TypeError, match="language model"):
         perplexity(encoder, tiny_tokenizer, TEXT, progress=False)
 
@@ -276,7 +309,9 @@ def test_perplexity_needs_a_language_model_head(tiny_tokenizer):
 def test_token_counts(tiny_tokenizer):
     counts = token_counts(tiny_tokenizer, [TEXT, "fox fox"])
     assert counts.shape == (len(tiny_tokenizer),)
-    assert counts[tiny_tokenizer.convert_tokens_to_ids("fox")] == TEXT.split().count("fox") + 2
+    assert (
+        counts[tiny_tokenizer.convert_tokens_to_ids("fox")] == TEXT.split().count("fox") + 2
+    )
     assert counts.sum() == len(TEXT.split()) + 2
     assert token_counts(tiny_tokenizer, TEXT, n_rows=len(tiny_tokenizer) + 5).shape == (
         len(tiny_tokenizer) + 5,
@@ -298,16 +333,29 @@ def _scaled_families():
     )
 
     seq2seq = dict(
-        vocab_size=120, d_model=32, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-        decoder_ffn_dim=32, max_position_embeddings=64,
+        vocab_size=120,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=64,
     )
     torch.manual_seed(0)
     return {
-        "gemma": GemmaForCausalLM(GemmaConfig(
-            vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-            num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-        )),
+        "gemma": GemmaForCausalLM(
+            GemmaConfig(
+                vocab_size=120,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                head_dim=16,
+            )
+        ),
         "bart": BartForConditionalGeneration(BartConfig(scale_embedding=True, **seq2seq)),
         "m2m100": M2M100ForConditionalGeneration(M2M100Config(**seq2seq)),
     }
@@ -327,7 +375,11 @@ def test_scaled_embeddings_keep_their_scale(family, target):
     model = _scaled_families()[family].eval()
     ids = torch.arange(5, 25)[None]
     before = _family_logits(model, ids)
-    source = model.get_output_embeddings() if target == "output" else model.get_input_embeddings()
+    source = (
+        model.get_output_embeddings()
+        if target == "output"
+        else model.get_input_embeddings()
+    )
     lossless = DenseTable(source.weight.detach().clone())
     patch_embeddings(model, lossless, target=target)
     patched = _family_logits(model, ids)

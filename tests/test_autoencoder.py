@@ -6,8 +6,15 @@ from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor
 from skdirection.metrics import row_cosine_similarity
 
 # Mini-batches of 32 without a stopping rule, as the paper trains, but fewer epochs.
-FAST = dict(max_iter=8, batch_size=32, n_iter_no_change=None, learning_rate=1e-2,
-            lr_step_size=100, device="cpu", random_state=0)
+FAST = dict(
+    max_iter=8,
+    batch_size=32,
+    n_iter_no_change=None,
+    learning_rate=1e-2,
+    lr_step_size=100,
+    device="cpu",
+    random_state=0,
+)
 
 
 def test_paper_parameter_set():
@@ -19,13 +26,19 @@ def test_paper_parameter_set():
     assert (params["element_power_start"], params["element_power_end"]) == (1.0, 0.1)
     assert params["element_power_epochs"] == 20
     assert params["rmse_weight"] == 0.0
-    assert (params["max_iter"], params["batch_size"], params["learning_rate"]) == (30, 32, 1e-3)
+    assert (params["max_iter"], params["batch_size"], params["learning_rate"]) == (
+        30,
+        32,
+        1e-3,
+    )
     assert (params["lr_step_size"], params["lr_decay"]) == (4, 0.5)
     assert params["hidden_layer_sizes"] == () and params["latent_activation"] is None
 
 
 def test_fit_learns_directions(embeddings):
-    autoencoder = DirectionAutoEncoder(n_components=6, init="random", **FAST).fit(embeddings)
+    autoencoder = DirectionAutoEncoder(n_components=6, init="random", **FAST).fit(
+        embeddings
+    )
     assert autoencoder.n_iter_ == 8 and len(autoencoder.loss_curve_) == 8
     assert autoencoder.loss_curve_[-1] < autoencoder.loss_curve_[0]
     # The element power still anneals: the last epoch is kept.
@@ -40,7 +53,9 @@ def test_same_seed_same_model(embeddings):
     first = DirectionAutoEncoder(n_components=4, **FAST).fit(embeddings)
     second = DirectionAutoEncoder(n_components=4, **FAST).fit(embeddings)
     np.testing.assert_array_equal(first.transform(embeddings), second.transform(embeddings))
-    other = DirectionAutoEncoder(n_components=4, **{**FAST, "random_state": 1}).fit(embeddings)
+    other = DirectionAutoEncoder(n_components=4, **{**FAST, "random_state": 1}).fit(
+        embeddings
+    )
     assert not np.array_equal(first.transform(embeddings), other.transform(embeddings))
 
 
@@ -66,7 +81,9 @@ def test_sample_weight_favours_heavy_rows(embeddings):
     weight[:30] = 200.0
     params = {**FAST, "max_iter": 30}
     plain = DirectionAutoEncoder(n_components=2, **params).fit(embeddings)
-    weighted = DirectionAutoEncoder(n_components=2, **params).fit(embeddings, sample_weight=weight)
+    weighted = DirectionAutoEncoder(n_components=2, **params).fit(
+        embeddings, sample_weight=weight
+    )
     heavy = embeddings[:30]
     assert weighted.score(heavy) > plain.score(heavy)
 
@@ -75,9 +92,9 @@ def test_zero_weight_rows_are_ignored(embeddings):
     weight = np.ones(len(embeddings))
     weight[::2] = 0
     assert np.isfinite(
-        DirectionAutoEncoder(n_components=2, **FAST).fit(embeddings, sample_weight=weight).score(
-            embeddings
-        )
+        DirectionAutoEncoder(n_components=2, **FAST)
+        .fit(embeddings, sample_weight=weight)
+        .score(embeddings)
     )
 
 
@@ -110,7 +127,9 @@ def test_compress_counts_latent_and_decoder_only(embeddings):
 
 
 def test_verbose_shows_progress(embeddings, capsys):
-    DirectionAutoEncoder(n_components=2, **{**FAST, "max_iter": 2, "verbose": 1}).fit(embeddings)
+    DirectionAutoEncoder(n_components=2, **{**FAST, "max_iter": 2, "verbose": 1}).fit(
+        embeddings
+    )
     assert "DirectionAutoEncoder" in capsys.readouterr().err
 
 
@@ -129,7 +148,7 @@ def test_zero_rows_reconstruct_finite(embeddings):
 
 
 def test_interrupt_keeps_best_epoch(embeddings, monkeypatch):
-    import skdirection._training as training
+    import skdirection._engine.training as training
 
     calls = {"n": 0}
     real_step = torch.optim.Adam.step

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from skdirection._backend import inference_device, map_rows, resolve_device
+from skdirection._engine.backend import inference_device, map_rows, resolve_device
 
 
 def test_auto_resolves_to_an_available_device():
@@ -39,7 +39,13 @@ def test_inference_falls_back_to_cpu_when_cuda_is_gone():
 
 def test_map_rows_streams_in_chunks_and_keeps_dtype():
     X = np.arange(50, dtype=np.float64).reshape(25, 2)
-    out = map_rows(lambda rows: rows * 2, X, torch.device("cpu"), X.dtype, chunk_rows=7,
-                   dtype=torch.float64)
+    out = map_rows(
+        lambda rows: rows * 2,
+        X,
+        torch.device("cpu"),
+        X.dtype,
+        chunk_rows=7,
+        dtype=torch.float64,
+    )
     assert out.dtype == np.float64
     np.testing.assert_array_equal(out, X * 2)

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from skdirection._cli import main  # noqa: E402
-from skdirection._methods import build_compressor, low_rank_components  # noqa: E402
+from skdirection.cli import main  # noqa: E402
+from skdirection.presets import build_compressor, low_rank_components  # noqa: E402
 
 from .conftest import TEXT  # noqa: E402
 
@@ -27,23 +27,62 @@ def model_folder(tiny_llama, tiny_tokenizer, tmp_path):
 def test_evaluate_json(model_folder, tmp_path, capsys):
     folder, text = model_folder
     plot = tmp_path / "plot.png"
-    main([
-        "evaluate", "--model", str(folder), "--method", "svd", "--method", "direction",
-        "--ratio", "4", "--ratio", "2.5", "--eval-text", str(text), "--counts-text",
-        str(text), "--epochs", "1", "--device", "cpu", "--format", "json", "--quiet",
-        "--plot", str(plot),
-    ])
+    main(
+        [
+            "evaluate",
+            "--model",
+            str(folder),
+            "--method",
+            "svd",
+            "--method",
+            "direction",
+            "--ratio",
+            "4",
+            "--ratio",
+            "2.5",
+            "--eval-text",
+            str(text),
+            "--counts-text",
+            str(text),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+            "--quiet",
+            "--plot",
+            str(plot),
+        ]
+    )
     rows = json.loads(capsys.readouterr().out)
     assert [(r["method"], r["n_components"]) for r in rows] == [
-        ("none", None), ("svd", 4), ("svd", 7), ("direction", 4), ("direction", 7)
+        ("none", None),
+        ("svd", 4),
+        ("svd", 7),
+        ("direction", 4),
+        ("direction", 7),
     ]
-    required = {"method", "target", "ratio", "bytes_ratio", "n_components",
-                "embedding_params", "model_params", "perplexity", "baseline_perplexity",
-                "mean_cosine", "fit_seconds"}
+    required = {
+        "method",
+        "target",
+        "ratio",
+        "bytes_ratio",
+        "n_components",
+        "embedding_params",
+        "model_params",
+        "perplexity",
+        "baseline_perplexity",
+        "mean_cosine",
+        "fit_seconds",
+    }
     for row in rows:
         assert required <= row.keys()
         assert row["baseline_perplexity"] == rows[0]["perplexity"]
-    assert all(r["ratio"] >= requested for r, requested in zip(rows[1:], [4, 2.5, 4, 2.5]))
+    assert all(
+        r["ratio"] >= requested
+        for r, requested in zip(rows[1:], [4, 2.5, 4, 2.5], strict=True)
+    )
     assert rows[1]["embedding_params"] == 51 * 4 + 4 * 32
     assert rows[3]["embedding_params"] == 51 * 4 + 4 * 32 + 32
     assert rows[0]["bytes_ratio"] == 1.0
@@ -55,8 +94,24 @@ def test_evaluate_json(model_folder, tmp_path, capsys):
 @pytest.mark.parametrize("fmt", ["table", "csv"])
 def test_evaluate_formats(model_folder, capsys, fmt):
     folder, text = model_folder
-    main(["evaluate", "--model", str(folder), "--method", "svd", "--ratio", "4",
-          "--eval-text", str(text), "--format", fmt, "--quiet", "--target", "both"])
+    main(
+        [
+            "evaluate",
+            "--model",
+            str(folder),
+            "--method",
+            "svd",
+            "--ratio",
+            "4",
+            "--eval-text",
+            str(text),
+            "--format",
+            fmt,
+            "--quiet",
+            "--target",
+            "both",
+        ]
+    )
     out = capsys.readouterr().out.splitlines()
     assert len(out) == (4 if fmt == "table" else 3)
     assert "perplexity" in out[0] and "bytes_ratio" in out[0]
@@ -71,20 +126,58 @@ def test_evaluate_errors(model_folder, tmp_path):
     with pytest.raises(SystemExit, match="neither"):
         main(["evaluate", "--model", str(tmp_path / "nope"), "--eval-text", str(text)])
     with pytest.raises(SystemExit, match="too high"):
-        main(["evaluate", "--model", str(folder), "--eval-text", str(text), "--quiet",
-              "--method", "svd", "--ratio", "1000"])
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(folder),
+                "--eval-text",
+                str(text),
+                "--quiet",
+                "--method",
+                "svd",
+                "--ratio",
+                "1000",
+            ]
+        )
 
 
 def _evaluate_json(folder, text, capsys, *args):
-    main(["evaluate", "--model", str(folder), "--eval-text", str(text), "--device", "cpu",
-          "--format", "json", "--quiet", *args])
+    main(
+        [
+            "evaluate",
+            "--model",
+            str(folder),
+            "--eval-text",
+            str(text),
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+            "--quiet",
+            *args,
+        ]
+    )
     return json.loads(capsys.readouterr().out)
 
 
 def test_scalar_in_bytes(model_folder, capsys):
     folder, text = model_folder
-    rows = _evaluate_json(folder, text, capsys, "--method", "scalar", "--ratio-unit",
-                          "bytes", "--ratio", "3", "--ratio", "6", "--ratio", "10")
+    rows = _evaluate_json(
+        folder,
+        text,
+        capsys,
+        "--method",
+        "scalar",
+        "--ratio-unit",
+        "bytes",
+        "--ratio",
+        "3",
+        "--ratio",
+        "6",
+        "--ratio",
+        "10",
+    )
     n_rows, n_features = 51, 32
     # 32 features: int8, then int4 and int2 (groups of 32 are a whole row), each row with
     # a float16 scale and offset.
@@ -98,9 +191,23 @@ def test_scalar_in_bytes(model_folder, capsys):
 
 def test_auto_and_mixed_meet_the_ratio(model_folder, capsys):
     folder, text = model_folder
-    rows = _evaluate_json(folder, text, capsys, "--method", "auto", "--method", "mixed",
-                          "--ratio-unit", "bytes", "--ratio", "6", "--ratio", "9",
-                          "--counts-text", str(text))
+    rows = _evaluate_json(
+        folder,
+        text,
+        capsys,
+        "--method",
+        "auto",
+        "--method",
+        "mixed",
+        "--ratio-unit",
+        "bytes",
+        "--ratio",
+        "6",
+        "--ratio",
+        "9",
+        "--counts-text",
+        str(text),
+    )
     assert [r["method"] for r in rows[1:]] == ["auto", "auto", "mixed", "mixed"]
     requested = [6, 9, 6, 9]
     assert all(r["bytes_ratio"] >= x for r, x in zip(rows[1:], requested, strict=True))
@@ -113,16 +220,55 @@ def test_auto_and_mixed_meet_the_ratio(model_folder, capsys):
 def test_impossible_ratios_exit_with_one_line(model_folder, capsys):
     folder, text = model_folder
     with pytest.raises(SystemExit, match="no parameters ratio.*--ratio-unit bytes"):
-        main(["evaluate", "--model", str(folder), "--eval-text", str(text), "--quiet",
-              "--method", "scalar", "--ratio", "4"])
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(folder),
+                "--eval-text",
+                str(text),
+                "--quiet",
+                "--method",
+                "scalar",
+                "--ratio",
+                "4",
+            ]
+        )
     with pytest.raises(SystemExit, match="cannot be reached"):
-        main(["evaluate", "--model", str(folder), "--eval-text", str(text), "--quiet",
-              "--method", "mixed", "--ratio", "4"])
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(folder),
+                "--eval-text",
+                str(text),
+                "--quiet",
+                "--method",
+                "mixed",
+                "--ratio",
+                "4",
+            ]
+        )
     done = subprocess.run(
-        [sys.executable, "-m", "skdirection", "evaluate", "--model", str(folder),
-         "--eval-text", str(text), "--quiet", "--method", "scalar", "--ratio-unit",
-         "bytes", "--ratio", "50"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "skdirection",
+            "evaluate",
+            "--model",
+            str(folder),
+            "--eval-text",
+            str(text),
+            "--quiet",
+            "--method",
+            "scalar",
+            "--ratio-unit",
+            "bytes",
+            "--ratio",
+            "50",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-1] == (
@@ -132,8 +278,12 @@ def test_impossible_ratios_exit_with_one_line(model_folder, capsys):
 
 
 def test_python_dash_m_help():
-    out = subprocess.run([sys.executable, "-m", "skdirection", "evaluate", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "skdirection", "evaluate", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "--ratio" in out and "--eval-text" in out
     assert "--ratio-unit {params,bytes}" in out
     for name in ("scalar", "mixed", "auto"):
@@ -150,8 +300,8 @@ def test_ratio_to_components():
 
 
 def test_direction_method_trains_the_papers_way_and_fast_method_the_packages():
-    from skdirection._autoencoder import PAPER_PARAMS
-    from skdirection._methods import DEFAULT_OPTIONS, METHODS
+    from skdirection.estimators import PAPER_PARAMS
+    from skdirection.presets import DEFAULT_OPTIONS, METHODS
 
     paper = METHODS["direction"].build(49152, 576, 5.0, dict(DEFAULT_OPTIONS))
     assert {k: paper.get_params()[k] for k in PAPER_PARAMS} == PAPER_PARAMS

@@ -10,12 +10,16 @@ from skdirection import (
     TruncatedSVDCompressor,
 )
 
-FAST_AUTOENCODER = dict(n_components=1, max_iter=3, batch_size=16, device="cpu", random_state=0)
+FAST_AUTOENCODER = dict(
+    n_components=1, max_iter=3, batch_size=16, device="cpu", random_state=0
+)
 
 ESTIMATORS = [
     DirectionAutoEncoder(**FAST_AUTOENCODER),
     TruncatedSVDCompressor(n_components=1, device="cpu", random_state=0),
-    TruncatedSVDCompressor(n_components=1, algorithm="randomized", device="cpu", random_state=0),
+    TruncatedSVDCompressor(
+        n_components=1, algorithm="randomized", device="cpu", random_state=0
+    ),
     ScalarQuantizer(bits=4),
     ScalarQuantizer(bits=2, group_size=2),
     FrequencyMixedCompressor(ratio=1.5, ranks=(1,)),

@@ -34,8 +34,12 @@ def test_cuda_and_cpu_autoencoders_reach_the_same_quality(embeddings):
 @pytest.mark.parametrize("algorithm", ["covariance_eigh", "randomized", "exact"])
 def test_cuda_svd_matches_cpu(embeddings, algorithm):
     X = embeddings.astype(np.float64)
-    gpu = TruncatedSVDCompressor(4, algorithm=algorithm, device="cuda", random_state=0).fit(X)
-    cpu = TruncatedSVDCompressor(4, algorithm=algorithm, device="cpu", random_state=0).fit(X)
+    gpu = TruncatedSVDCompressor(4, algorithm=algorithm, device="cuda", random_state=0).fit(
+        X
+    )
+    cpu = TruncatedSVDCompressor(4, algorithm=algorithm, device="cpu", random_state=0).fit(
+        X
+    )
     assert gpu.device_.startswith("cuda")
     np.testing.assert_allclose(gpu.singular_values_, cpu.singular_values_, rtol=1e-6)
     np.testing.assert_allclose(gpu.components_, cpu.components_, atol=1e-6)
@@ -46,7 +50,9 @@ def test_cuda_model_pickles_without_tensors(embeddings):
     payload = pickle.dumps(autoencoder)
     restored = pickle.loads(payload)
     assert b"torch" not in payload
-    np.testing.assert_array_equal(restored.transform(embeddings), autoencoder.transform(embeddings))
+    np.testing.assert_array_equal(
+        restored.transform(embeddings), autoencoder.transform(embeddings)
+    )
 
 
 def test_cuda_product_quantizer_matches_cpu_quality(embeddings):

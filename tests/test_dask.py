@@ -16,10 +16,16 @@ def test_grid_search_runs_on_a_local_dask_cluster(embeddings):
         {"n_components": [2, 6], "cosine_weight": [0.1995, 0.05]},
         cv=2,
     )
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None,
-    ) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         with distributed.get_task_stream(client) as tasks:
             with joblib.parallel_config(backend="dask"):
                 search.fit(embeddings)

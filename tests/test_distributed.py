@@ -15,8 +15,14 @@ from skdirection import DirectionAutoEncoder
 ROOT = Path(__file__).resolve().parents[1]
 # Full batch on each process: the 2-process step averages the gradients of the two
 # 150-row halves, which is the gradient of the 300-row mean of the 1-process fit.
-PARAMS = dict(batch_size=300, max_iter=6, n_iter_no_change=None, learning_rate=1e-2,
-              device="cpu", random_state=0)
+PARAMS = dict(
+    batch_size=300,
+    max_iter=6,
+    n_iter_no_change=None,
+    learning_rate=1e-2,
+    device="cpu",
+    random_state=0,
+)
 
 
 def _free_port():
@@ -26,12 +32,25 @@ def _free_port():
 
 
 def _torchrun(table, output, *args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        "-m", "skdirection._distributed", str(table), str(output), *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "skdirection.distributed",
+        str(table),
+        str(output),
+        *args,
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -52,6 +71,7 @@ def test_two_processes_match_one(embeddings, tmp_path, init):
     np.testing.assert_allclose(
         parallel.inverse_transform(parallel.transform(embeddings)),
         single.inverse_transform(single.transform(embeddings)),
-        rtol=1e-3, atol=1e-3,
+        rtol=1e-3,
+        atol=1e-3,
     )
     assert parallel.score(embeddings) == pytest.approx(single.score(embeddings), abs=1e-5)

@@ -15,13 +15,17 @@ from skdirection import (
 
 @pytest.fixture
 def X():
-    return torch.from_numpy(np.random.RandomState(0).normal(size=(30, 12)).astype(np.float32))
+    return torch.from_numpy(
+        np.random.RandomState(0).normal(size=(30, 12)).astype(np.float32)
+    )
 
 
 def _nested(X):
     basis = torch.linalg.svd(X, full_matrices=False).Vh[:4]
     latent = QuantizedTable.from_rows(X[10:] @ basis.T, 8)
-    lowrank = NormScaledTable(LinearDecodedTable(latent, basis.half()), X[10:].norm(dim=1).half())
+    lowrank = NormScaledTable(
+        LinearDecodedTable(latent, basis.half()), X[10:].norm(dim=1).half()
+    )
     head = DenseTable(X[:10].half())
     # head rows and tail rows interleave: part ids, not a prefix, decide
     assignment = torch.tensor([0] * 10 + [1] * 20)
@@ -34,7 +38,9 @@ def test_partitioned_decodes_each_part(X):
     decoded = table.decode()
     torch.testing.assert_close(decoded[:10], X[:10].half().float())
     # norms are restored exactly (to float16) even though the rank-4 direction is not
-    torch.testing.assert_close(decoded[10:].norm(dim=1), X[10:].norm(dim=1).half().float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        decoded[10:].norm(dim=1), X[10:].norm(dim=1).half().float(), rtol=1e-5, atol=1e-5
+    )
     idx = torch.tensor([[3, 25], [11, 0]])
     torch.testing.assert_close(table(idx), decoded[idx])
 
@@ -69,4 +75,6 @@ def test_save_load_round_trip(X, tmp_path):
 
 def test_bad_assignment(X):
     with pytest.raises(ValueError, match="assigned"):
-        PartitionedTable([DenseTable(X[:5]), DenseTable(X[5:])], torch.zeros(30, dtype=torch.long))
+        PartitionedTable(
+            [DenseTable(X[:5]), DenseTable(X[5:])], torch.zeros(30, dtype=torch.long)
+        )

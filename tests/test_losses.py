@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from skdirection._losses import annealed_power, cosine_distance, direction_loss, element_error
+from skdirection._engine.losses import (
+    annealed_power,
+    cosine_distance,
+    direction_loss,
+    element_error,
+)
 
 
 def test_paper_power_schedule():
@@ -36,7 +41,9 @@ def test_element_error_gradient_matches_autograd_of_the_definition(power):
     reference = ((x_hat - x).abs() + 1e-10).pow(power).mean(dim=1)
     (row_weights * reference).sum().backward()
     torch.testing.assert_close(fused, x_hat.grad)
-    assert torch.autograd.gradcheck(lambda a: element_error(a, x, power), (x_hat.detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(
+        lambda a: element_error(a, x, power), (x_hat.detach().requires_grad_(),)
+    )
 
 
 def test_weights_select_rows():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from skdirection import FrequencyMixedCompressor, ProductQuantizer, ScalarQuantizer
-from skdirection._methods import (
+from skdirection.presets import (
     SCALAR_CONFIGS,
     auto_compressor,
     build_compressor,
@@ -33,17 +33,20 @@ def test_scalar_bytes_ratio_is_what_the_table_stores(n_features, bits, group_siz
     )
 
 
-@pytest.mark.parametrize("ratio, expected", [
-    (1.5, (8, None)),
-    (3.97, (8, None)),  # int8 a row: 576 bytes of codes + 4 of scale and offset
-    (4.0, (4, 32)),
-    (6.4, (4, 32)),
-    (7.0, (4, None)),
-    (8.0, (3, 32)),
-    (10.0, (3, None)),
-    (10.6, (2, 32)),
-    (15.5, (2, None)),
-])
+@pytest.mark.parametrize(
+    "ratio, expected",
+    [
+        (1.5, (8, None)),
+        (3.97, (8, None)),  # int8 a row: 576 bytes of codes + 4 of scale and offset
+        (4.0, (4, 32)),
+        (6.4, (4, 32)),
+        (7.0, (4, None)),
+        (8.0, (3, 32)),
+        (10.0, (3, None)),
+        (10.6, (2, 32)),
+        (15.5, (2, None)),
+    ],
+)
 def test_scalar_picks_the_most_precise_configuration_that_meets_the_ratio(ratio, expected):
     quantizer = build_compressor("scalar", 49152, 576, ratio, {"ratio_unit": "bytes"})
     assert isinstance(quantizer, ScalarQuantizer)
@@ -82,8 +85,10 @@ def test_mixed_meets_the_ratio(table, unit, ratio):
     assert isinstance(mixed, FrequencyMixedCompressor) and mixed.ratio_unit == unit
     counts = np.random.RandomState(1).zipf(1.5, size=table.shape[0]).astype(float)
     stored = mixed.fit(table, sample_weight=counts).compress(table)
-    achieved = _bytes_ratio(table, stored) if unit == "bytes" else (
-        table.size / stored.n_parameters
+    achieved = (
+        _bytes_ratio(table, stored)
+        if unit == "bytes"
+        else (table.size / stored.n_parameters)
     )
     assert achieved >= ratio
 

@@ -31,17 +31,23 @@ def test_budget_is_met_and_counted(data, ratio):
     assert table.n_bytes == mixed.stored_size_
     assert X.shape[0] * X.shape[1] * 4 / table.n_bytes >= ratio
     decoded = table.decode().numpy()
-    cos = np.sum(decoded * X, 1) / np.linalg.norm(decoded, axis=1) / np.linalg.norm(X, axis=1)
+    cos = (
+        np.sum(decoded * X, 1) / np.linalg.norm(decoded, axis=1) / np.linalg.norm(X, axis=1)
+    )
     # The objective weighs rows by the counts' square root (weight_power=0.5).
     np.testing.assert_allclose(
-        np.average(1 - cos, weights=np.sqrt(counts)), mixed.weighted_cosine_distance_, atol=2e-3
+        np.average(1 - cos, weights=np.sqrt(counts)),
+        mixed.weighted_cosine_distance_,
+        atol=2e-3,
     )
 
 
 def test_frequent_rows_get_more(data):
     X, counts = data
     mixed = FrequencyMixedCompressor(8, ranks=(4, 8, 16)).fit(X, sample_weight=counts)
-    cost = {name: i for i, name in enumerate(mixed.codecs_)}  # codecs_ are in decreasing cost
+    cost = {
+        name: i for i, name in enumerate(mixed.codecs_)
+    }  # codecs_ are in decreasing cost
     order = np.argsort(-counts)
     top, bottom = mixed.assignment_[order[:20]], mixed.assignment_[order[-200:]]
     assert top.mean() < bottom.mean()
@@ -57,7 +63,9 @@ def test_weights_beat_uniform_on_weighted_error(data):
 
 def test_params_unit(data):
     X, counts = data
-    mixed = FrequencyMixedCompressor(5, ratio_unit="params", ranks=(4, 8, 16)).fit(X, sample_weight=counts)
+    mixed = FrequencyMixedCompressor(5, ratio_unit="params", ranks=(4, 8, 16)).fit(
+        X, sample_weight=counts
+    )
     table = mixed.compress(X)
     assert not any(name.startswith("int") for name in mixed.codecs_)
     assert X.size / table.n_parameters >= 5
@@ -91,7 +99,9 @@ def test_never_worse_than_one_scalar_codec_for_every_row(data):
     per_row_only = FrequencyMixedCompressor(7, group_sizes=(None,), ranks=(4, 8, 16))
     per_row_only.fit(X, sample_weight=counts)
     assert mixed.weighted_cosine_distance_ < per_row_only.weighted_cosine_distance_
-    assert any(name.endswith("-g32") for name in np.asarray(mixed.codecs_)[mixed.assignment_])
+    assert any(
+        name.endswith("-g32") for name in np.asarray(mixed.codecs_)[mixed.assignment_]
+    )
 
 
 def test_group_sizes_block_sizes_and_weight_power_are_checked(data):
@@ -111,11 +121,16 @@ def test_weight_power_tempers_the_counts(data):
     flat = FrequencyMixedCompressor(8, ranks=(4, 8, 16), weight_power=0, random_state=0)
     flat.fit(X, sample_weight=counts)
     np.testing.assert_array_equal(flat.assignment_, unweighted.assignment_)
-    raw = FrequencyMixedCompressor(8, ranks=(4, 8, 16), weight_power=1).fit(X, sample_weight=counts)
+    raw = FrequencyMixedCompressor(8, ranks=(4, 8, 16), weight_power=1).fit(
+        X, sample_weight=counts
+    )
     root = FrequencyMixedCompressor(8, ranks=(4, 8, 16)).fit(X, sample_weight=counts)
     # The square root spreads bytes more evenly: the rarest rows lose less.
     rare = np.argsort(counts)[:100]
-    cosine_rare = [row_cosines(X[rare], m.compress(X).decode().numpy()[rare]).mean() for m in (raw, root)]
+    cosine_rare = [
+        row_cosines(X[rare], m.compress(X).decode().numpy()[rare]).mean()
+        for m in (raw, root)
+    ]
     assert cosine_rare[1] > cosine_rare[0]
 
 
@@ -123,7 +138,7 @@ def test_product_quantized_rows_where_they_pay():
     # A table large enough for 256-vector codebooks to pay for themselves at 8x.
     rng = np.random.RandomState(0)
     centres = rng.normal(size=(64, 32))
-    X = (centres[rng.randint(64, size=20000)] + 0.3 * rng.normal(size=(20000, 32)))
+    X = centres[rng.randint(64, size=20000)] + 0.3 * rng.normal(size=(20000, 32))
     X = X.astype(np.float32)
     counts = rng.zipf(1.3, size=20000).astype(float) + 0.5
     options = dict(ranks=(2, 4), random_state=0)
@@ -139,11 +154,15 @@ def test_product_quantized_rows_where_they_pay():
     decoded = table.decode().numpy()
     np.testing.assert_allclose(
         np.average(1 - row_cosines(X, decoded), weights=np.sqrt(counts)),
-        with_pq.weighted_cosine_distance_, atol=1e-3,
+        with_pq.weighted_cosine_distance_,
+        atol=1e-3,
     )
     pq_rows = np.char.startswith(np.asarray(with_pq.codecs_)[with_pq.assignment_], "pq")
-    np.testing.assert_allclose(np.linalg.norm(decoded[pq_rows], axis=1),
-                               np.linalg.norm(X[pq_rows], axis=1), rtol=2e-3)
+    np.testing.assert_allclose(
+        np.linalg.norm(decoded[pq_rows], axis=1),
+        np.linalg.norm(X[pq_rows], axis=1),
+        rtol=2e-3,
+    )
 
 
 def test_codebooks_that_cannot_pay_are_left_out(data):
@@ -167,7 +186,9 @@ def test_rows_the_counts_never_saw_are_floored(data):
         X, sample_weight=np.maximum(counts, 0.5)
     )
     np.testing.assert_array_equal(floored.assignment_, by_hand.assignment_)
-    crushed = FrequencyMixedCompressor(8, weight_floor=0, **params).fit(X, sample_weight=counts)
+    crushed = FrequencyMixedCompressor(8, weight_floor=0, **params).fit(
+        X, sample_weight=counts
+    )
 
     def unseen_cosine(mixed):
         return row_cosines(X, mixed.compress(X).decode().numpy())[unseen].mean()

@@ -10,7 +10,7 @@ from skdirection import (
     load_table,
     save_table,
 )
-from skdirection._product_quantized_table import nearest_centroids
+from skdirection._engine.kmeans import nearest_centroids
 
 
 @pytest.fixture

@@ -175,7 +175,10 @@ def test_n_components_not_below_n_features_is_a_clear_error(data, extra):
 
 
 # Most drawn tables have more rows than features and are filtered out by assume().
-@settings(SETTINGS, suppress_health_check=[*SETTINGS.suppress_health_check, HealthCheck.filter_too_much])
+@settings(
+    SETTINGS,
+    suppress_health_check=[*SETTINGS.suppress_health_check, HealthCheck.filter_too_much],
+)
 @given(data=tables(min_features=3))
 def test_svd_rank_above_n_rows_is_a_clear_error(data):
     X, _ = data

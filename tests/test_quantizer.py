@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from skdirection import QuantizedTable, ScalarQuantizer, load_table, save_table
-from skdirection._quantized_table import pack_codes, unpack_codes
+from skdirection.codecs.scalar import pack_codes, unpack_codes
 
 
 @pytest.fixture
@@ -14,17 +14,25 @@ def X():
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("n_features", [1, 7, 40])
 def test_pack_round_trip(bits, n_features):
-    codes = torch.from_numpy(np.random.RandomState(1).randint(0, 2**bits, size=(5, n_features)))
+    codes = torch.from_numpy(
+        np.random.RandomState(1).randint(0, 2**bits, size=(5, n_features))
+    )
     packed = pack_codes(codes, bits)
     assert packed.dtype == torch.uint8
     assert packed.shape == (5, -(-n_features * bits // 8))
     assert torch.equal(unpack_codes(packed, bits, n_features), codes.to(torch.uint8))
 
 
-@pytest.mark.parametrize("bits, group_size, row_bytes", [
-    (8, None, 40 + 4), (4, None, 20 + 4), (3, None, 15 + 4), (2, None, 10 + 4),
-    (4, 16, 20 + 3 * 4),  # 40 columns: groups of 16, 16 and a ragged 8
-])
+@pytest.mark.parametrize(
+    "bits, group_size, row_bytes",
+    [
+        (8, None, 40 + 4),
+        (4, None, 20 + 4),
+        (3, None, 15 + 4),
+        (2, None, 10 + 4),
+        (4, 16, 20 + 3 * 4),  # 40 columns: groups of 16, 16 and a ragged 8
+    ],
+)
 def test_table_bytes_are_packed(X, bits, group_size, row_bytes):
     table = ScalarQuantizer(bits, group_size=group_size).fit(X).compress(X)
     assert table.n_bytes == X.shape[0] * row_bytes
@@ -39,7 +47,9 @@ def test_transform_matches_table_and_error_shrinks_with_bits(X, bits, group_size
     assert np.all(codes[:, :40] == np.round(codes[:, :40]))
     assert codes[:, :40].min() >= 0 and codes[:, :40].max() <= 2**bits - 1
     decoded = q.inverse_transform(codes)
-    np.testing.assert_allclose(decoded, q.compress(X).decode().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        decoded, q.compress(X).decode().numpy(), rtol=1e-6, atol=1e-6
+    )
     bound = {8: 0.01, 4: 0.2, 3: 0.35, 2: 0.7}[bits]  # rms, for unit-variance data
     assert np.sqrt(np.mean((decoded - X) ** 2)) < bound
 
@@ -54,12 +64,14 @@ def test_clip_search_lowers_error(X):
     X[:, 0] *= 20  # one outlier column widens every row's range
     plain = ScalarQuantizer(2, clip_search=False).fit(X)
     searched = ScalarQuantizer(2).fit(X)
-    err = [((e.inverse_transform(e.transform(X)) - X) ** 2).sum() for e in (plain, searched)]
+    err = [
+        ((e.inverse_transform(e.transform(X)) - X) ** 2).sum() for e in (plain, searched)
+    ]
     assert err[1] < err[0]
 
 
 def test_clip_search_spares_outliers_more_than_squared_error_would(X, monkeypatch):
-    import skdirection._quantized_table as quantized_table
+    import skdirection.codecs.scalar as quantized_table
 
     X = X.copy()
     X[:, 0] *= 4

@@ -24,7 +24,10 @@ MODELS = [
 def test_grid_search_over_rank_and_loss_weight_in_parallel(embeddings):
     pipeline = Pipeline(
         [
-            ("scale", FunctionTransformer(lambda X: X / 10.0, inverse_func=lambda X: X * 10.0)),
+            (
+                "scale",
+                FunctionTransformer(lambda X: X / 10.0, inverse_func=lambda X: X * 10.0),
+            ),
             ("compress", DirectionAutoEncoder(**FAST)),
         ]
     )
@@ -57,7 +60,9 @@ def test_grid_search_with_several_scorers(embeddings):
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: type(m).__name__)
 def test_pandas_in_and_out(model, embeddings):
     model = clone(model)
-    frame = pd.DataFrame(embeddings, columns=[f"dim{i}" for i in range(embeddings.shape[1])])
+    frame = pd.DataFrame(
+        embeddings, columns=[f"dim{i}" for i in range(embeddings.shape[1])]
+    )
     model = model.set_output(transform="pandas")
     codes = model.fit_transform(frame)
     assert isinstance(codes, pd.DataFrame)
@@ -94,15 +99,19 @@ def test_pickle_and_joblib_round_trip(model, embeddings, tmp_path):
     model = clone(model)
     model.fit(embeddings)
     expected = model.transform(embeddings)
-    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).transform(embeddings),
-                                  expected)
+    np.testing.assert_array_equal(
+        pickle.loads(pickle.dumps(model)).transform(embeddings), expected
+    )
     joblib.dump(model, tmp_path / "model.joblib")
-    np.testing.assert_array_equal(joblib.load(tmp_path / "model.joblib").transform(embeddings),
-                                  expected)
+    np.testing.assert_array_equal(
+        joblib.load(tmp_path / "model.joblib").transform(embeddings), expected
+    )
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: type(m).__name__)
-def test_model_fitted_on_cuda_transforms_on_cpu_only_machine(model, embeddings, monkeypatch):
+def test_model_fitted_on_cuda_transforms_on_cpu_only_machine(
+    model, embeddings, monkeypatch
+):
     """A GPU fit stores only numpy arrays: on a machine without CUDA it still transforms."""
     model = clone(model)
     import torch

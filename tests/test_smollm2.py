@@ -106,7 +106,7 @@ def test_smollm2_token_counts(smollm2):
 
 @pytest.mark.parametrize("max_tokens", [2, 700, 2048])
 def test_leading_token_ids_equal_the_head_of_the_full_tokenization(smollm2, max_tokens):
-    from skdirection.adapters.transformers import _leading_token_ids
+    from skdirection.adapters.transformers._text import _leading_token_ids
     from skdirection.datasets import load_wikipedia_text
 
     _, tokenizer = smollm2

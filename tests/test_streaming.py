@@ -5,9 +5,9 @@ import pickle
 import numpy as np
 import pytest
 
-import skdirection._backend as backend
+import skdirection._engine.backend as backend
 from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor
-from skdirection._backend import RowSource, file_backing
+from skdirection._engine.backend import RowSource, file_backing
 
 AE = dict(n_components=4, batch_size=64, device="cpu", random_state=0)
 
@@ -52,10 +52,13 @@ def test_svd_partial_fit_equals_fit(embeddings):
 def test_svd_fits_a_streamed_memmap(memmapped, embeddings, small_chunks):
     weight = np.random.RandomState(0).uniform(size=len(embeddings))
     streamed = TruncatedSVDCompressor(3, device="cpu").fit(memmapped, sample_weight=weight)
-    in_memory = TruncatedSVDCompressor(3, device="cpu").fit(embeddings, sample_weight=weight)
+    in_memory = TruncatedSVDCompressor(3, device="cpu").fit(
+        embeddings, sample_weight=weight
+    )
     np.testing.assert_allclose(streamed.components_, in_memory.components_, atol=1e-5)
-    np.testing.assert_allclose(streamed.transform(memmapped), in_memory.transform(embeddings),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        streamed.transform(memmapped), in_memory.transform(embeddings), rtol=1e-4, atol=1e-4
+    )
     assert streamed.score(memmapped) == pytest.approx(in_memory.score(embeddings), rel=1e-6)
 
 
@@ -64,13 +67,17 @@ def test_nan_in_a_streamed_memmap_is_caught(embeddings, tmp_path):
     X[200, 3] = np.nan
     np.save(tmp_path / "bad.npy", X)
     with pytest.raises(ValueError, match="NaN"):
-        TruncatedSVDCompressor(2, device="cpu").fit(np.load(tmp_path / "bad.npy", mmap_mode="r"))
+        TruncatedSVDCompressor(2, device="cpu").fit(
+            np.load(tmp_path / "bad.npy", mmap_mode="r")
+        )
 
 
 def test_autoencoder_streams_chunks_deterministically(memmapped, embeddings, small_chunks):
     from_file = DirectionAutoEncoder(**AE).fit(memmapped)
     from_memory = DirectionAutoEncoder(**AE).fit(embeddings)
-    np.testing.assert_array_equal(from_file.decoder_coefs_[0], from_memory.decoder_coefs_[0])
+    np.testing.assert_array_equal(
+        from_file.decoder_coefs_[0], from_memory.decoder_coefs_[0]
+    )
     assert from_file.score(memmapped) > 0.9
 
 

@@ -10,7 +10,9 @@ ALGORITHMS = ["covariance_eigh", "randomized", "exact"]
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_matches_sklearn_truncated_svd(embeddings, algorithm):
     X = embeddings.astype(np.float64)
-    ours = TruncatedSVDCompressor(4, algorithm=algorithm, device="cpu", random_state=0).fit(X)
+    ours = TruncatedSVDCompressor(4, algorithm=algorithm, device="cpu", random_state=0).fit(
+        X
+    )
     theirs = TruncatedSVD(4, algorithm="arpack").fit(X)
     np.testing.assert_allclose(ours.singular_values_, theirs.singular_values_, rtol=1e-6)
     np.testing.assert_allclose(
@@ -26,8 +28,9 @@ def test_centered_matches_pca(embeddings):
     ours = TruncatedSVDCompressor(3, center=True, device="cpu").fit(X)
     pca = PCA(3).fit(X)
     np.testing.assert_allclose(ours.mean_, pca.mean_, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(ours.explained_variance_ratio_, pca.explained_variance_ratio_,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        ours.explained_variance_ratio_, pca.explained_variance_ratio_, rtol=1e-6
+    )
     np.testing.assert_allclose(
         ours.inverse_transform(ours.transform(X)),
         pca.inverse_transform(pca.transform(X)),
@@ -46,7 +49,9 @@ def test_uncentered_by_default(embeddings):
 def test_integer_weights_equal_repeated_rows(embeddings):
     weight = np.random.RandomState(0).randint(1, 4, size=len(embeddings))
     weighted = TruncatedSVDCompressor(3, device="cpu").fit(embeddings, sample_weight=weight)
-    repeated = TruncatedSVDCompressor(3, device="cpu").fit(np.repeat(embeddings, weight, axis=0))
+    repeated = TruncatedSVDCompressor(3, device="cpu").fit(
+        np.repeat(embeddings, weight, axis=0)
+    )
     np.testing.assert_allclose(weighted.components_, repeated.components_, atol=1e-5)
 
 
@@ -73,14 +78,22 @@ def test_float32_stays_float32(embeddings, algorithm):
 
 def test_randomized_is_seeded(embeddings):
     def fit(seed):
-        return TruncatedSVDCompressor(3, algorithm="randomized", n_iter=0, device="cpu",
-                                      random_state=seed).fit(embeddings).components_
+        return (
+            TruncatedSVDCompressor(
+                3, algorithm="randomized", n_iter=0, device="cpu", random_state=seed
+            )
+            .fit(embeddings)
+            .components_
+        )
 
     np.testing.assert_array_equal(fit(0), fit(0))
 
 
 def test_auto_picks_covariance_for_tall_tables(embeddings):
-    assert TruncatedSVDCompressor(2, device="cpu").fit(embeddings).algorithm_ == "covariance_eigh"
+    assert (
+        TruncatedSVDCompressor(2, device="cpu").fit(embeddings).algorithm_
+        == "covariance_eigh"
+    )
 
 
 def test_n_components_above_n_samples_rejected():

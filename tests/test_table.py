@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from skdirection import DirectionAutoEncoder, LowRankTable, TruncatedSVDCompressor, load_table, save_table
+from skdirection import (
+    DirectionAutoEncoder,
+    LowRankTable,
+    TruncatedSVDCompressor,
+    load_table,
+    save_table,
+)
 
 
 @pytest.fixture(params=["svd", "centered_svd", "autoencoder", "deep_autoencoder"])

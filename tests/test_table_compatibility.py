@@ -36,7 +36,9 @@ def test_a_saved_patch_loads_onto_its_base_model():
     from skdirection.adapters.transformers import load_compressed
 
     folder = FIXTURES / "patch_both"
-    model = AutoModelForCausalLM.from_pretrained(folder / "base", local_files_only=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        folder / "base", local_files_only=True
+    ).eval()
     report = load_compressed(model, folder)
     assert report.target == "both"
     with torch.no_grad():

@@ -7,7 +7,9 @@ import torch
 from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor
 
 ESTIMATORS = [
-    lambda **kw: DirectionAutoEncoder(**{"max_iter": 1, "device": "cpu", "random_state": 0, **kw}),
+    lambda **kw: DirectionAutoEncoder(
+        **{"max_iter": 1, "device": "cpu", "random_state": 0, **kw}
+    ),
     lambda **kw: TruncatedSVDCompressor(**{"device": "cpu", "random_state": 0, **kw}),
 ]
 ids = ["autoencoder", "svd"]
@@ -66,12 +68,16 @@ def test_object_strings_rejected(make):
 def test_negative_sample_weight(make):
     weight = np.ones(len(X))
     weight[0] = -1
-    with pytest.raises(ValueError, match="Negative values in data passed to `sample_weight`"):
+    with pytest.raises(
+        ValueError, match="Negative values in data passed to `sample_weight`"
+    ):
         make().fit(X, sample_weight=weight)
 
 
 def test_wrong_length_sample_weight(make):
-    with pytest.raises(ValueError, match=r"sample_weight.shape == \(39,\), expected \(40,\)"):
+    with pytest.raises(
+        ValueError, match=r"sample_weight.shape == \(39,\), expected \(40,\)"
+    ):
         make().fit(X, sample_weight=np.ones(39))
 
 
@@ -101,7 +107,9 @@ def test_unknown_device(make, device):
 
 def test_transform_with_other_feature_count(make):
     model = make().fit(X)
-    with pytest.raises(ValueError, match="X has 5 features, but .* is expecting 6 features"):
+    with pytest.raises(
+        ValueError, match="X has 5 features, but .* is expecting 6 features"
+    ):
         model.transform(X[:, :5])
 
 

@@ -41,7 +41,9 @@ def main(folder):
         "int3_row": ScalarQuantizer(3).fit(X),
         "int8_row": ScalarQuantizer(8).fit(X),
         "pq3_norms": ProductQuantizer(3, device="cpu", random_state=0).fit(X),
-        "pq4_plain": ProductQuantizer(4, keep_norms=False, device="cpu", random_state=0).fit(X),
+        "pq4_plain": ProductQuantizer(
+            4, keep_norms=False, device="cpu", random_state=0
+        ).fit(X),
         "mixed_bytes": FrequencyMixedCompressor(10, ranks=(2, 4), random_state=0).fit(
             X, sample_weight=counts
         ),

@@ -9,17 +9,13 @@ Examples::
 """
 
 import argparse
-import csv
-import io
-import json
-import math
 import sys
 import textwrap
 from pathlib import Path
 
-from ._methods import DEFAULT_OPTIONS, METHODS, RATIO_UNITS
-
-_MODELS = ("smollm2", "minilm")
+from .adapters.transformers import MODELS
+from .presets import DEFAULT_OPTIONS, METHODS, RATIO_UNITS
+from .report import format_rows, plot_rows
 
 
 def _methods_epilog(width=78, indent=18):
@@ -36,6 +32,7 @@ def _methods_epilog(width=78, indent=18):
     return "\n".join(lines)
 
 
+# One declaration after another: splitting the parser would scatter its help text.
 def _parser():
     parser = argparse.ArgumentParser(
         prog="skdirection",
@@ -57,21 +54,31 @@ def _parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     evaluate.add_argument(
-        "--model", required=True,
-        help="'smollm2', 'minilm', or the path of a local transformers model folder",
+        "--model",
+        required=True,
+        help=f"{', '.join(repr(m) for m in MODELS)}, or the path of a local "
+        "transformers model folder",
     )
     evaluate.add_argument(
-        "--method", action="append", choices=sorted(METHODS), dest="methods",
+        "--method",
+        action="append",
+        choices=sorted(METHODS),
+        dest="methods",
         help="compression method, described below (repeat for several; default: svd "
         "and direction)",
     )
     evaluate.add_argument(
-        "--ratio", action="append", type=float, dest="ratios",
+        "--ratio",
+        action="append",
+        type=float,
+        dest="ratios",
         help="compression ratio to meet: the float32 embedding's size over the stored "
         "table's, counted in --ratio-unit (repeat for several; default: 10, 5, 2.5)",
     )
     evaluate.add_argument(
-        "--ratio-unit", choices=RATIO_UNITS, default=DEFAULT_OPTIONS["ratio_unit"],
+        "--ratio-unit",
+        choices=RATIO_UNITS,
+        default=DEFAULT_OPTIONS["ratio_unit"],
         help="what --ratio counts: 'params', every stored value (the paper's metric; "
         "default), or 'bytes', every stored byte. The low-rank methods store float32 "
         "values, so both units give them the same rank; scalar needs 'bytes', as "
@@ -79,28 +86,38 @@ def _parser():
     )
     evaluate.add_argument("--target", choices=("input", "output", "both"), default="input")
     evaluate.add_argument(
-        "--eval-text", type=Path,
+        "--eval-text",
+        type=Path,
         help="plain-text file to measure on (default: gensim's Wikipedia articles)",
     )
     evaluate.add_argument(
-        "--counts-text", type=Path,
+        "--counts-text",
+        type=Path,
         help="plain-text file whose token counts weight the fit (scalar quantization "
         "cannot use them; default: every row the same weight)",
     )
     evaluate.add_argument(
-        "--max-tokens", type=int, default=None,
+        "--max-tokens",
+        type=int,
+        default=None,
         help="measure on the first N tokens of the text only",
     )
     evaluate.add_argument(
-        "--epochs", type=int, default=DEFAULT_OPTIONS["epochs"],
+        "--epochs",
+        type=int,
+        default=DEFAULT_OPTIONS["epochs"],
         help="autoencoder epochs (default: the paper's 30)",
     )
     evaluate.add_argument(
-        "--batch-size", type=int, default=DEFAULT_OPTIONS["batch_size"],
+        "--batch-size",
+        type=int,
+        default=DEFAULT_OPTIONS["batch_size"],
         help="autoencoder batch size (default: the paper's 32)",
     )
     evaluate.add_argument("--seed", type=int, default=DEFAULT_OPTIONS["seed"])
-    evaluate.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:N'")
+    evaluate.add_argument(
+        "--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:N'"
+    )
     evaluate.add_argument("--format", choices=("table", "json", "csv"), default="table")
     evaluate.add_argument(
         "--plot", type=Path, help="write perplexity against the ratio in --ratio-unit (PNG)"
@@ -119,99 +136,9 @@ def _read_text(path):
     return [part for part in text.split("\n\n") if part.strip()]
 
 
-def load_model(name):
-    """(model, tokenizer) for a model name of the CLI or a local folder."""
-    from . import datasets
-
-    if name == "smollm2":
-        return datasets.load_smollm2()
-    if name == "minilm":
-        return datasets.load_minilm()
-    folder = Path(name)
-    if not folder.is_dir():
-        raise SystemExit(
-            f"skdirection: --model must be one of {_MODELS} or a model folder; "
-            f"{name!r} is neither."
-        )
-    from transformers import (
-        AutoConfig,
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoModelForMaskedLM,
-        AutoTokenizer,
-    )
-
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    architectures = " ".join(getattr(config, "architectures", None) or [])
-    if "CausalLM" in architectures or "LMHead" in architectures:
-        auto = AutoModelForCausalLM
-    elif "MaskedLM" in architectures:
-        auto = AutoModelForMaskedLM
-    else:
-        auto = AutoModel
-    model = auto.from_pretrained(folder, local_files_only=True)
-    return model.eval(), AutoTokenizer.from_pretrained(folder, local_files_only=True)
-
-
-def _cell(value):
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
-    return str(value)
-
-
-def format_rows(rows, fmt):
-    """Rows as an aligned text table, JSON or CSV."""
-    from ._evaluate import COLUMNS
-
-    if fmt == "json":
-        return json.dumps(rows, indent=2)
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        return out.getvalue().rstrip("\n")
-    columns = [c for c in COLUMNS if any(row.get(c) is not None for row in rows)]
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
-
-
-def plot_rows(rows, path, title=None, ratio_unit="params"):
-    """Perplexity (or similarity) against the ratio in ``ratio_unit``, one line per
-    method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metric = "perplexity" if rows[0]["perplexity"] is not None else "similarity_spearman"
-    ratio = "bytes_ratio" if ratio_unit == "bytes" else "ratio"
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in dict.fromkeys(r["method"] for r in rows[1:]):
-        points = sorted((r[ratio], r[metric]) for r in rows if r["method"] == method)
-        ax.plot(*zip(*points), marker="o", label=method)
-    ax.axhline(rows[0][metric], color="gray", linestyle="--", label="uncompressed")
-    ax.set_xlabel(f"embedding compression ratio ({ratio_unit})")
-    ax.set_ylabel(metric.replace("_", " "))
-    if title:
-        ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def _evaluate_command(args):
     from . import datasets
-    from ._evaluate import evaluate
+    from .adapters.transformers import evaluate, load_model
 
     if args.max_tokens is not None and args.max_tokens < 2:
         raise SystemExit("skdirection: --max-tokens must be at least 2.")
@@ -219,7 +146,10 @@ def _evaluate_command(args):
         _read_text(args.eval_text) if args.eval_text else datasets.load_wikipedia_text()
     )
     counts_texts = _read_text(args.counts_text) if args.counts_text else None
-    model, tokenizer = load_model(args.model)
+    try:
+        model, tokenizer = load_model(args.model)
+    except ValueError as exc:
+        raise SystemExit(f"skdirection: --model {exc}") from None
 
     def log(message):
         if not args.quiet:
@@ -252,7 +182,9 @@ def _evaluate_command(args):
     print(format_rows(rows, args.format))
     if args.plot:
         plot_rows(
-            rows, args.plot, title=f"{args.model}, target={args.target}",
+            rows,
+            args.plot,
+            title=f"{args.model}, target={args.target}",
             ratio_unit=args.ratio_unit,
         )
         log(f"plot written to {args.plot}")

@@ -1,5 +1,6 @@
 """Dense layers as plain tensors: initialisation and forward pass."""
 
+import itertools
 import math
 
 import torch
@@ -28,7 +29,7 @@ def init_layers(layer_sizes, generator, device):
     reproducible without touching torch's global random state.
     """
     coefs, intercepts = [], []
-    for fan_in, fan_out in zip(layer_sizes, layer_sizes[1:]):
+    for fan_in, fan_out in itertools.pairwise(layer_sizes):
         bound = 1.0 / math.sqrt(fan_in)
         coef = torch.empty(fan_in, fan_out, device=device)
         bias = torch.empty(fan_out, device=device)
@@ -43,7 +44,7 @@ def forward_layers(rows, coefs, intercepts, activation=None, final_activation=No
     ``intercepts`` may hold ``None`` for layers without bias.
     """
     hidden = activation_function(activation)
-    for layer, (coef, bias) in enumerate(zip(coefs, intercepts)):
+    for layer, (coef, bias) in enumerate(zip(coefs, intercepts, strict=True)):
         if layer and hidden is not None:
             rows = hidden(rows)
         rows = rows @ coef

@@ -8,47 +8,32 @@ from sklearn.base import _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._backend import as_tensor, inference_device, map_rows, resolve_device, torch_generator
+from .._engine.backend import (
+    as_tensor,
+    inference_device,
+    map_rows,
+    resolve_device,
+    torch_generator,
+)
+from .._engine.numerics import (
+    flip_signs,
+    randomized_range_svd,
+    top_eigenvectors,
+    weighted_sums,
+)
+from ..codecs import LowRankTable
 from ._base import BaseCompressor
-from ._table import LowRankTable
 
-_CHUNK_ROWS = 65536
 # Above this many features the d x d covariance is no longer the cheap route.
 _MAX_COVARIANCE_FEATURES = 4096
-
-
-def _weighted_sums(source, weight, device, dtype, with_gram=True):
-    """Total weight, weighted column sums and weighted Gram matrix, streamed in chunks."""
-    n_features = source.n_features
-    total = torch.zeros((), dtype=dtype, device=device)
-    sums = torch.zeros(n_features, dtype=dtype, device=device)
-    gram = None
-    if with_gram:
-        gram = torch.zeros(n_features, n_features, dtype=dtype, device=device)
-    for start, rows in source.chunks():
-        rows = as_tensor(rows, device, dtype)
-        if weight is None:
-            total += rows.shape[0]
-            sums += rows.sum(dim=0)
-            if with_gram:
-                gram += rows.T @ rows
-            continue
-        w = as_tensor(weight[start : start + rows.shape[0]], device, dtype)
-        total += w.sum()
-        sums += w @ rows
-        if with_gram:
-            gram += (rows * w[:, None]).T @ rows
-    return total, sums, gram
 
 
 def _covariance_eigh(total, sums, gram, center, k):
     mean = sums / total
     if center:
         gram = gram - total * torch.outer(mean, mean)
-    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
-    order = torch.argsort(eigenvalues, descending=True)[:k]
-    singular_values = eigenvalues[order].clamp(min=0).sqrt()
-    return singular_values, eigenvectors[:, order].T, mean
+    eigenvalues, components = top_eigenvectors(gram, k)
+    return eigenvalues.clamp(min=0).sqrt(), components, mean
 
 
 def _scaled_rows(X, weight, mean, device, dtype):
@@ -58,28 +43,6 @@ def _scaled_rows(X, weight, mean, device, dtype):
     if weight is not None:
         rows = rows * as_tensor(np.sqrt(weight), device, dtype)[:, None]
     return rows
-
-
-def _randomized(rows, k, n_oversamples, n_iter, generator):
-    sketch = torch.randn(
-        rows.shape[1], k + n_oversamples, generator=generator, device=rows.device
-    ).to(rows.dtype)
-    basis = rows @ sketch
-    for _ in range(n_iter):
-        basis, _ = torch.linalg.qr(basis)
-        basis, _ = torch.linalg.qr(rows.T @ basis)
-        basis = rows @ basis
-    basis, _ = torch.linalg.qr(basis)
-    _, singular_values, vt = torch.linalg.svd(basis.T @ rows, full_matrices=False)
-    return singular_values[:k], vt[:k]
-
-
-def _flip_signs(components):
-    """Make the largest-magnitude entry of each component positive (deterministic output)."""
-    largest = components.abs().argmax(dim=1)
-    signs = torch.sign(components[torch.arange(components.shape[0]), largest])
-    signs[signs == 0] = 1
-    return components * signs[:, None]
 
 
 class TruncatedSVDCompressor(BaseCompressor):
@@ -236,7 +199,7 @@ class TruncatedSVDCompressor(BaseCompressor):
                 algorithm = "randomized"
 
         if algorithm == "covariance_eigh":
-            total, sums, gram = _weighted_sums(source, weight, device, torch.float64)
+            total, sums, gram = weighted_sums(source, weight, device)
             self._solve_covariance(total, sums, gram, X.dtype, device)
             return self
 
@@ -244,8 +207,7 @@ class TruncatedSVDCompressor(BaseCompressor):
         dtype = torch.float64 if X.dtype == np.float64 else torch.float32
         mean = None
         if self.center:
-            total, sums, _ = _weighted_sums(source, weight, device, torch.float64,
-                                            with_gram=False)
+            total, sums, _ = weighted_sums(source, weight, device, with_gram=False)
             mean = sums / total
         rows = _scaled_rows(X, weight, mean, device, dtype)
         if algorithm == "exact":
@@ -253,7 +215,7 @@ class TruncatedSVDCompressor(BaseCompressor):
             singular_values, components = singular_values[:k], vt[:k]
         else:
             generator = torch_generator(check_random_state(self.random_state), device)
-            singular_values, components = _randomized(
+            singular_values, components = randomized_range_svd(
                 rows, k, self.n_oversamples, self.n_iter, generator
             )
         del rows
@@ -291,7 +253,7 @@ class TruncatedSVDCompressor(BaseCompressor):
         source = self._validate_source(X, reset=first)
         weight = self._check_sample_weight(sample_weight, source.X)
         device = resolve_device(self.device)
-        total, sums, gram = _weighted_sums(source, weight, device, torch.float64)
+        total, sums, gram = weighted_sums(source, weight, device)
         if not first:
             total = total + float(self._total)
             sums = sums + torch.from_numpy(self._sums).to(device)
@@ -307,7 +269,9 @@ class TruncatedSVDCompressor(BaseCompressor):
         singular_values, components, mean = _covariance_eigh(
             total, sums, gram, self.center, self.n_components
         )
-        self._set_solution(singular_values, components, mean, dtype, "covariance_eigh", device)
+        self._set_solution(
+            singular_values, components, mean, dtype, "covariance_eigh", device
+        )
         # The weighted covariance gives every variance without another pass over X.
         mean = sums / total
         covariance = gram / total - torch.outer(mean, mean)
@@ -322,7 +286,7 @@ class TruncatedSVDCompressor(BaseCompressor):
 
     def _set_solution(self, singular_values, components, mean, dtype, algorithm, device):
         self.components_ = np.ascontiguousarray(
-            _flip_signs(components).cpu().numpy(), dtype=dtype
+            flip_signs(components).cpu().numpy(), dtype=dtype
         )
         self.singular_values_ = singular_values.cpu().numpy().astype(dtype)
         self.mean_ = mean.cpu().numpy().astype(dtype) if self.center else None
@@ -340,7 +304,9 @@ class TruncatedSVDCompressor(BaseCompressor):
 
     def _torch_state(self, device, dtype):
         components = torch.from_numpy(self.components_).to(device, dtype)
-        mean = None if self.mean_ is None else torch.from_numpy(self.mean_).to(device, dtype)
+        mean = (
+            None if self.mean_ is None else torch.from_numpy(self.mean_).to(device, dtype)
+        )
         return components, mean
 
     def _encode(self, X):
@@ -378,7 +344,9 @@ class TruncatedSVDCompressor(BaseCompressor):
             ``table.n_bytes`` count what it stores (the mean too, when centred).
         """
         latent = np.asarray(self.transform(X), dtype=np.float32)
-        bias = None if self.mean_ is None else torch.from_numpy(self.mean_.astype(np.float32))
+        bias = (
+            None if self.mean_ is None else torch.from_numpy(self.mean_.astype(np.float32))
+        )
         return LowRankTable(
             torch.from_numpy(latent),
             [torch.from_numpy(self.components_.astype(np.float32))],

@@ -5,15 +5,13 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import _fit_context
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._backend import as_tensor, inference_device, map_rows, resolve_device, torch_generator
-from ._base import BaseCompressor
-from ._losses import annealed_power, direction_loss
-from ._mlp import ACTIVATIONS, forward_layers, init_layers
-from ._table import LowRankTable
-from ._training import ShuffledBatches, Trainer, train
+from ..._engine.backend import inference_device, map_rows
+from ..._engine.mlp import ACTIVATIONS, forward_layers
+from ...codecs import LowRankTable
+from .._base import BaseCompressor
+from ._training import DirectionTraining
 
 PAPER_PARAMS = {
     "init": "random",
@@ -27,55 +25,7 @@ PAPER_PARAMS = {
 or that matter for reproducing them; see :meth:`DirectionAutoEncoder.paper`."""
 
 
-class _AutoEncoderNet(torch.nn.Module):
-    def __init__(self, encoder, decoder, activation, latent_activation):
-        super().__init__()
-        self.encoder_coefs = torch.nn.ParameterList(encoder[0])
-        self.encoder_intercepts = torch.nn.ParameterList(encoder[1])
-        self.decoder_coefs = torch.nn.ParameterList(decoder[0])
-        self.decoder_intercepts = torch.nn.ParameterList(decoder[1])
-        self.activation = activation
-        self.latent_activation = latent_activation
-
-    def forward(self, rows):
-        latent = forward_layers(
-            rows,
-            self.encoder_coefs,
-            self.encoder_intercepts,
-            self.activation,
-            self.latent_activation,
-        )
-        return forward_layers(
-            latent, self.decoder_coefs, self.decoder_intercepts, self.activation
-        )
-
-
-def _numpy(tensors):
-    return [t.detach().cpu().numpy().astype(np.float32) for t in tensors]
-
-
-def _direction_basis(source, weight, k, device, reduce=None):
-    """Top-``k`` right singular vectors of the row-normalised, row-weighted table.
-
-    On unit rows the squared error of a projection is ``1 - cos**2`` per row, so this
-    basis nearly maximises the mean cosine: a starting point that the direction loss
-    only fine-tunes. The Gram matrix is accumulated in float64 over streamed chunks.
-    """
-    gram = torch.zeros(source.n_features, source.n_features, dtype=torch.float64,
-                       device=device)
-    for start, rows in source.chunks():
-        rows = as_tensor(rows, device)
-        rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        scaled = rows * weight[start : start + rows.shape[0], None].sqrt()
-        gram += (scaled.T @ scaled).double()
-    if reduce is not None:
-        gram = reduce(gram)
-    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
-    order = torch.argsort(eigenvalues, descending=True)[:k]
-    return eigenvectors[:, order].float()
-
-
-class DirectionAutoEncoder(BaseCompressor):
+class DirectionAutoEncoder(DirectionTraining, BaseCompressor):
     """Autoencoder that compresses rows while keeping their direction.
 
     Each row of ``X`` (a token's embedding, an item's vector) is one training sample. The
@@ -323,196 +273,6 @@ class DirectionAutoEncoder(BaseCompressor):
         weight = self._check_sample_weight(sample_weight, source.X)
         self._fit_source(source, weight)
         return self
-
-    def partial_fit(self, X, y=None, sample_weight=None):
-        """One epoch over the rows of ``X``, continuing from the previous call.
-
-        The first call initialises the model (from ``X``'s SVD when ``init`` resolves
-        to ``"svd"``); Adam's state, the learning-rate schedule and the element-power
-        annealing carry on across calls, each call counting as one epoch. Feed a table
-        that does not fit in memory as a sequence of row chunks, each in random order.
-        Adam's state is not pickled: after unpickling, ``partial_fit`` continues with
-        fresh moments.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            A chunk of rows.
-        y : None
-            Ignored.
-        sample_weight : array-like of shape (n_samples,), default=None
-            Weight of each row; the weights of a chunk are normalised to mean one.
-
-        Returns
-        -------
-        self : object
-            The estimator, trained one more epoch.
-        """
-        first = not hasattr(self, self._fitted_marker)
-        if first:
-            self._validate_params()
-        source = self._validate_source(X, reset=first)
-        weight = self._check_sample_weight(sample_weight, source.X)
-        if first:
-            self._fit_source(source, weight, max_iter=0)
-        elif not hasattr(self, "_trainer"):
-            device = resolve_device(self.device)
-            to_parameters = lambda arrays: [  # noqa: E731
-                torch.nn.Parameter(torch.from_numpy(a).to(device)) for a in arrays
-            ]
-            net = _AutoEncoderNet(
-                [to_parameters(self.encoder_coefs_), to_parameters(self.encoder_intercepts_)],
-                [to_parameters(self.decoder_coefs_), to_parameters(self.decoder_intercepts_)],
-                self.activation,
-                self.latent_activation,
-            )
-            generator = torch_generator(check_random_state(self.random_state), device)
-            self._trainer = (self._make_trainer(net, device), generator)
-            self._trainer[0].epoch = self.n_iter_
-        trainer, generator = self._trainer
-        device = trainer.device
-        batches = ShuffledBatches(
-            source, self._row_weight(weight, source.n_rows, device), self.batch_size,
-            generator, device,
-        )
-        self.loss_curve_.append(trainer.run_epoch(batches))
-        self.n_iter_ = len(self.loss_curve_)
-        self.best_loss_ = min(self.loss_curve_)
-        self._store_weights(trainer.net)
-        return self
-
-    @staticmethod
-    def _row_weight(weight, n_rows, device):
-        if weight is None:
-            return torch.ones(n_rows, device=device)
-        total = weight.sum()
-        # Rows past the table's end (a padded shard) have weight zero.
-        padded = np.zeros(n_rows)
-        padded[: len(weight)] = weight / (total / len(weight) if total > 0 else 1.0)
-        return as_tensor(padded, device)
-
-    def _init_method(self, hidden):
-        if self.init == "svd" and hidden:
-            raise ValueError("init='svd' needs a linear autoencoder (hidden_layer_sizes=()).")
-        if self.init == "auto":
-            return "random" if hidden else "svd"
-        return self.init
-
-    def _fit_source(self, source, weight, *, max_iter=None, reduce=None, wrap=None,
-                    row_weight=None):
-        """Initialise and train on a :class:`RowSource`; ``max_iter=0`` only initialises.
-
-        ``reduce`` sums a tensor over processes and ``wrap`` wraps the network (for
-        data-parallel training, see :mod:`skdirection._distributed`); ``row_weight``
-        replaces the weights normalised here by globally normalised ones.
-        """
-        n_samples, n_features = source.n_rows, source.n_features
-        self._validate_n_components(n_samples, n_features)
-        hidden = self._validate_hidden_layers()
-        if not (self.cosine_weight or self.element_weight or self.rmse_weight):
-            raise ValueError(
-                "cosine_weight, element_weight and rmse_weight are all zero: "
-                "the loss would be constant."
-            )
-        init = self._init_method(hidden)
-        device = resolve_device(self.device)
-        generator = torch_generator(check_random_state(self.random_state), device)
-        if row_weight is None:
-            row_weight = self._row_weight(weight, n_samples, device)
-        encoder = init_layers([n_features, *hidden, self.n_components], generator, device)
-        decoder = init_layers([self.n_components, *hidden[::-1], n_features], generator, device)
-        if init == "svd":
-            basis = _direction_basis(source, row_weight, self.n_components, device, reduce)
-            encoder = [[basis.contiguous()], [torch.zeros(self.n_components, device=device)]]
-            decoder = [[basis.T.contiguous()], [torch.zeros(n_features, device=device)]]
-        net = _AutoEncoderNet(
-            [list(map(torch.nn.Parameter, part)) for part in encoder],
-            [list(map(torch.nn.Parameter, part)) for part in decoder],
-            self.activation,
-            self.latent_activation,
-        )
-        trainer = self._make_trainer(net, device, wrap=wrap, reduce=reduce)
-        batches = ShuffledBatches(source, row_weight, self.batch_size, generator, device)
-        max_iter = self.max_iter if max_iter is None else max_iter
-        try:
-            loss_curve = []
-            if max_iter:
-                loss_curve = train(
-                    trainer,
-                    batches,
-                    max_iter=max_iter,
-                    tol=self.tol,
-                    n_iter_no_change=self.n_iter_no_change,
-                    verbose=self.verbose,
-                    description=type(self).__name__,
-                    comparable_from=self._annealing_epochs(),
-                )
-        except BaseException:
-            self._discard_fitted_state()
-            raise
-        self.loss_curve_ = loss_curve
-        self.n_iter_ = len(loss_curve)
-        self.best_loss_ = trainer.best_loss if loss_curve else float("inf")
-        self._store_weights(net)
-        self.device_ = str(device)
-        self._trainer = (trainer, generator)
-        return self
-
-    def _annealing_epochs(self):
-        """Epochs during which the element power still changes the loss."""
-        if not self.element_weight or self.element_power_start == self.element_power_end:
-            return 0
-        return self.element_power_epochs
-
-    def _make_trainer(self, net, device, wrap=None, reduce=None):
-        trainer = Trainer(
-            net if wrap is None else wrap(net),
-            self._batch_loss,
-            learning_rate=self.learning_rate,
-            lr_step_size=self.lr_step_size,
-            lr_decay=self.lr_decay,
-            reduce=reduce,
-        )
-        trainer.net, trainer.device = net, device
-        return trainer
-
-    def _batch_loss(self, module, batch, batch_weight, epoch):
-        power = annealed_power(
-            epoch,
-            self.element_power_start,
-            self.element_power_end,
-            self.element_power_epochs,
-        )
-        return direction_loss(
-            module(batch),
-            batch,
-            batch_weight,
-            cosine_weight=self.cosine_weight,
-            element_weight=self.element_weight,
-            element_power=power,
-            rmse_weight=self.rmse_weight,
-        )
-
-    def _store_weights(self, net):
-        self.encoder_coefs_ = _numpy(net.encoder_coefs)
-        self.encoder_intercepts_ = _numpy(net.encoder_intercepts)
-        self.decoder_coefs_ = _numpy(net.decoder_coefs)
-        self.decoder_intercepts_ = _numpy(net.decoder_intercepts)
-
-    def __getstate__(self):
-        # Adam's state and the generator live on the training device: not pickled, so
-        # that a model fitted on a GPU unpickles on a CPU-only machine.
-        state = super().__getstate__()
-        state.pop("_trainer", None)
-        return state
-
-    def _validate_hidden_layers(self):
-        hidden = tuple(self.hidden_layer_sizes)
-        if not all(isinstance(size, Integral) and size >= 1 for size in hidden):
-            raise ValueError(
-                f"hidden_layer_sizes must hold positive ints, got {self.hidden_layer_sizes!r}."
-            )
-        return hidden
 
     def _layers(self, part, device):
         coefs = getattr(self, f"{part}_coefs_")

@@ -9,23 +9,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._backend import inference_device, resolve_device, torch_generator
+from .._engine.backend import inference_device, resolve_device, torch_generator
+from .._engine.numerics import unit_rows
+from ..codecs import NormScaledCodec, ProductCodec
+from ..codecs.product import MAX_CENTROIDS, decode_blocks, encode_blocks, n_blocks
 from ._base import BaseCompressor
-from ._hybrid_table import NormScaledTable
-from ._product_quantized_table import (
-    MAX_CENTROIDS,
-    ProductQuantizedTable,
-    blocked,
-    decode_blocks,
-    encode_blocks,
-    n_blocks,
-    weighted_kmeans,
-)
-
-
-def _unit_rows(X):
-    norms = X.norm(dim=1, keepdim=True)
-    return X / norms.clamp_min(torch.finfo(X.dtype).tiny), norms[:, 0]
 
 
 class ProductQuantizer(BaseCompressor):
@@ -173,30 +161,34 @@ class ProductQuantizer(BaseCompressor):
         device = resolve_device(self.device)
         X = self._validate_rows(X, reset=True)
         weight = self._check_sample_weight(sample_weight, X)
-        n, d = X.shape
-        weight = np.ones(n) if weight is None else weight
-        n_centroids = min(self.n_centroids, int(np.count_nonzero(weight)))
-        rows, _ = self._prepared(X, device)
+        d = X.shape[1]
+        rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
         generator = torch_generator(check_random_state(self.random_state), "cpu")
-        weight = torch.from_numpy(weight / weight.sum()).float().to(device)
-        codebooks, self.n_iter_ = weighted_kmeans(
-            blocked(rows, self.block_size), weight, n_centroids, self.max_iter, generator
-        )
-        self.codebooks_ = codebooks.to(getattr(torch, self.codebook_dtype)).cpu().numpy()
+        codec = self._codec()
+        codec.fit(rows, None if weight is None else torch.from_numpy(weight), generator)
+        product = codec.inner if self.keep_norms else codec
+        self.codebooks_ = product.codebooks.cpu().numpy()
+        self.n_iter_ = product.n_iter_
         self.n_blocks_ = n_blocks(d, self.block_size)
-        self.n_centroids_ = n_centroids
-        self.bits_per_value_ = (8 * self.n_blocks_ + 16 * self.keep_norms) / d
+        self.n_centroids_ = self.codebooks_.shape[1]
+        self.bits_per_value_ = 8 * codec.row_size(d).n_bytes / d
         return self
 
-    def _prepared(self, X, device):
-        """Rows as a float32 tensor on ``device`` and their norms: unit directions and
-        norms with ``keep_norms``, else the rows as they are and ``None``."""
-        rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
-        return _unit_rows(rows) if self.keep_norms else (rows, None)
+    def _codec(self, codebooks=None):
+        """The codec (norm-scaled with ``keep_norms``), with ``codebooks`` when given."""
+        product = ProductCodec(
+            self.block_size,
+            self.n_centroids,
+            getattr(torch, self.codebook_dtype),
+            self.max_iter,
+        )
+        product.codebooks = codebooks
+        return NormScaledCodec(product) if self.keep_norms else product
 
     def _codes_and_norms(self, X):
         device = inference_device(self.device)
-        rows, norms = self._prepared(X, device)
+        rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+        rows, norms = unit_rows(rows) if self.keep_norms else (rows, None)
         codes = encode_blocks(rows, torch.from_numpy(self.codebooks_).to(device))
         return codes.cpu(), None if norms is None else norms.half().cpu()
 
@@ -229,7 +221,7 @@ class ProductQuantizer(BaseCompressor):
         if self.keep_norms:
             if values.numel() and values[:, -1].min() < 0:
                 raise ValueError("the last column (each row's norm) must not be negative.")
-            rows = _unit_rows(rows)[0] * values[:, -1:]
+            rows = unit_rows(rows)[0] * values[:, -1:]
         return rows.numpy().astype(codes.dtype, copy=False)
 
     def compress(self, X):
@@ -245,13 +237,5 @@ class ProductQuantizer(BaseCompressor):
         """
         check_is_fitted(self)
         X = self._validate_rows(X, reset=False)
-        codes, norms = self._codes_and_norms(X)
-        table = ProductQuantizedTable(
-            codes, torch.from_numpy(self.codebooks_), self.n_features_in_
-        )
-        return NormScaledTable(table, norms) if self.keep_norms else table
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        return tags
+        rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        return self._codec(torch.from_numpy(self.codebooks_)).encode(rows)

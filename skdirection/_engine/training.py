@@ -7,16 +7,16 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
-from . import _backend
-from ._backend import as_tensor, chunk_rows_for
+from . import backend
+from .backend import as_tensor, chunk_rows_for
 
 
 class ShuffledBatches:
     """Mini-batches of a :class:`RowSource`, reshuffled every epoch.
 
     A source of up to 256 MB (as float32) is loaded on the device once and shuffled as
-    a whole. A larger one is streamed: the chunk order is shuffled, then the rows within each
-    chunk, so only one chunk is in memory (and on the device) at a time.
+    a whole. A larger one is streamed: the chunk order is shuffled, then the rows within
+    each chunk, so only one chunk is in memory (and on the device) at a time.
 
     Parameters
     ----------
@@ -38,7 +38,7 @@ class ShuffledBatches:
         self.device = device
         self.chunk_rows = chunk_rows or chunk_rows_for(source.n_features)
         self._resident = None
-        if source.n_rows * source.n_features * 4 <= _backend.RESIDENT_BYTES:
+        if source.n_rows * source.n_features * 4 <= backend.RESIDENT_BYTES:
             self._resident = as_tensor(source.read(0, source.n_rows), device)
 
     def _permutation(self, n):
@@ -53,7 +53,12 @@ class ShuffledBatches:
             n_chunks = math.ceil(n_rows / self.chunk_rows)
             starts = (self._permutation(n_chunks).cpu() * self.chunk_rows).tolist()
             chunks = (
-                (s, as_tensor(self.source.read(s, min(s + self.chunk_rows, n_rows)), self.device))
+                (
+                    s,
+                    as_tensor(
+                        self.source.read(s, min(s + self.chunk_rows, n_rows)), self.device
+                    ),
+                )
                 for s in starts
             )
         for start, rows in chunks:
@@ -65,7 +70,8 @@ class ShuffledBatches:
 
 
 class Trainer:
-    """Adam with a step learning-rate schedule, kept across epochs and ``partial_fit`` calls.
+    """Adam with a step learning-rate schedule, kept across epochs and ``partial_fit``
+    calls.
 
     Parameters
     ----------
@@ -78,8 +84,9 @@ class Trainer:
         every process then sees the same epoch loss and takes the same decisions.
     """
 
-    def __init__(self, module, batch_loss, *, learning_rate, lr_step_size, lr_decay,
-                 reduce=None):
+    def __init__(
+        self, module, batch_loss, *, learning_rate, lr_step_size, lr_decay, reduce=None
+    ):
         self.module = module
         self.batch_loss = batch_loss
         self.reduce = reduce
@@ -97,7 +104,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            step = torch.stack([loss.detach() * rows.shape[0], loss.new_tensor(rows.shape[0])])
+            step = torch.stack(
+                [loss.detach() * rows.shape[0], loss.new_tensor(rows.shape[0])]
+            )
             totals = step if totals is None else totals + step
         if totals is None:
             raise ValueError("No rows to train on.")
@@ -114,8 +123,17 @@ class Trainer:
         return epoch_loss
 
 
-def train(trainer, batches, *, max_iter, tol=0.0, n_iter_no_change=None, verbose=0,
-          description="fit", comparable_from=0):
+def train(
+    trainer,
+    batches,
+    *,
+    max_iter,
+    tol=0.0,
+    n_iter_no_change=None,
+    verbose=0,
+    description="fit",
+    comparable_from=0,
+):
     """Run up to ``max_iter`` epochs; keep the parameters of the best epoch.
 
     Parameters

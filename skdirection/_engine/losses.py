@@ -63,7 +63,9 @@ def direction_loss(
     """
     loss = cosine_weight * (weight * cosine_distance(X_hat, X)).mean()
     if element_weight:
-        loss = loss + element_weight * (weight * element_error(X_hat, X, element_power)).mean()
+        loss = (
+            loss + element_weight * (weight * element_error(X_hat, X, element_power)).mean()
+        )
     if rmse_weight:
         mse = (weight * squared_error(X_hat, X)).mean()
         loss = loss + rmse_weight * torch.sqrt(mse + ELEMENT_EPS)

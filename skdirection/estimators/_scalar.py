@@ -8,16 +8,8 @@ from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ..codecs.scalar import FLOAT16_MAX, SUPPORTED_BITS, ScalarCodec, dequantize, n_groups
 from ._base import BaseCompressor
-from ._quantized_table import (
-    FLOAT16_MAX,
-    SUPPORTED_BITS,
-    QuantizedTable,
-    dequantize,
-    n_groups,
-    pack_codes,
-    quantize,
-)
 
 
 class ScalarQuantizer(BaseCompressor):
@@ -128,11 +120,16 @@ class ScalarQuantizer(BaseCompressor):
         self._check_sample_weight(sample_weight, X)
         self._check_range(X)
         n_features = X.shape[1]
-        self.group_size_ = n_features if self.group_size is None else min(self.group_size, n_features)
+        codec = self._codec()
+        self.group_size_ = codec.group_size_for(n_features)
         self.n_groups_ = n_groups(n_features, self.group_size_)
-        scale_bits = 16 if self.scale_dtype == "float16" else 32
-        self.bits_per_value_ = self.bits + 2 * scale_bits * self.n_groups_ / n_features
+        self.bits_per_value_ = 8 * codec.row_size(n_features).n_bytes / n_features
         return self
+
+    def _codec(self):
+        return ScalarCodec(
+            self.bits, self.group_size, getattr(torch, self.scale_dtype), self.clip_search
+        )
 
     def _check_range(self, X):
         if self.scale_dtype == "float16" and X.size and np.abs(X).max() > FLOAT16_MAX / 2:
@@ -143,24 +140,24 @@ class ScalarQuantizer(BaseCompressor):
 
     def _quantize(self, X):
         self._check_range(X)
-        scale_dtype = getattr(torch, self.scale_dtype)
-        return quantize(
-            torch.from_numpy(np.ascontiguousarray(X)), self.bits, self.group_size_,
-            scale_dtype, self.clip_search,
-        )
+        return self._codec().quantize(torch.from_numpy(np.ascontiguousarray(X)))
 
     def _encode(self, source):
         pieces = []
         for _, rows in source.chunks():
             codes, scales, offsets = self._quantize(rows)
-            pieces.append(torch.cat([codes.float(), scales.float(), offsets.float()], dim=1))
+            pieces.append(
+                torch.cat([codes.float(), scales.float(), offsets.float()], dim=1)
+            )
         encoded = torch.cat(pieces) if pieces else torch.empty(0, self._n_features_out)
         return encoded.numpy().astype(source.dtype, copy=False)
 
     def _decode(self, codes):
         d, g = self.n_features_in_, self.n_groups_
         values = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))
-        rows = dequantize(values[:, :d], values[:, d : d + g], values[:, d + g :], self.group_size_)
+        rows = dequantize(
+            values[:, :d], values[:, d : d + g], values[:, d + g :], self.group_size_
+        )
         return rows.numpy().astype(codes.dtype, copy=False)
 
     def compress(self, X):
@@ -176,13 +173,5 @@ class ScalarQuantizer(BaseCompressor):
         """
         check_is_fitted(self)
         X = self._validate_rows(X, reset=False)
-        codes, scales, offsets = self._quantize(X)
-        return QuantizedTable(
-            pack_codes(codes, self.bits), scales, offsets, self.n_features_in_, self.bits,
-            self.group_size_,
-        )
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        return tags
+        self._check_range(X)
+        return self._codec().encode(torch.from_numpy(np.ascontiguousarray(X)))

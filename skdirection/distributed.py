@@ -7,7 +7,7 @@ matrices, and the epoch losses are summed so that every process takes the same
 stopping decision. Launch one process per GPU (NCCL) or per CPU socket (gloo) with
 ``torchrun``::
 
-    torchrun --nproc_per_node=2 -m skdirection._distributed table.npy model.joblib \\
+    torchrun --nproc_per_node=2 -m skdirection.distributed table.npy model.joblib \\
         --n-components 64 --set batch_size=4096 --set max_iter=5
 
 Process 0 writes the fitted estimator with :func:`joblib.dump`; it holds only numpy
@@ -23,15 +23,14 @@ so that every process runs the same number of steps.
 
 import argparse
 import ast
-import math
 import os
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from ._autoencoder import DirectionAutoEncoder
-from ._backend import RowSource, resolve_device
+from ._engine.backend import resolve_device
+from .estimators import DirectionAutoEncoder
 
 
 def _sum_over_processes(tensor):
@@ -69,30 +68,19 @@ def fit_distributed(path, estimator, sample_weight=None):
     if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        rank, world = dist.get_rank(), dist.get_world_size()
-        estimator._validate_params()
-        table = np.load(path, mmap_mode="r")
-        full = estimator._validate_source(table, reset=True)
-        n_rows = full.n_rows
-        shard = math.ceil(n_rows / world)
-        start = rank * shard
-        source = RowSource(full.X, full.backing, start=start, stop=start + shard,
-                           check_finite=full.check_finite)
-        if sample_weight is None:
-            weight = np.ones(n_rows)
-        else:
-            weight = estimator._check_sample_weight(sample_weight, full.X)
-        row_weight = estimator._row_weight(weight, shard * world, device)
-        row_weight = row_weight[start : start + shard]
 
         def wrap(net):
             ids = [torch.cuda.current_device()] if device.type == "cuda" else None
             return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
-        estimator._fit_source(
-            source, None, reduce=_sum_over_processes, wrap=wrap, row_weight=row_weight
+        estimator._fit_shard(
+            np.load(path, mmap_mode="r"),
+            dist.get_rank(),
+            dist.get_world_size(),
+            sample_weight,
+            reduce=_sum_over_processes,
+            wrap=wrap,
         )
-        del estimator._trainer  # holds the DDP wrapper of a finished process group
     finally:
         if owns_group:
             dist.destroy_process_group()
@@ -108,15 +96,20 @@ def _parse_value(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="torchrun --nproc_per_node=N -m skdirection._distributed",
+        prog="torchrun --nproc_per_node=N -m skdirection.distributed",
         description="Train one DirectionAutoEncoder data-parallel on a .npy table.",
     )
     parser.add_argument("table", help="2-D .npy file (float32 or float64)")
-    parser.add_argument("output", help="where process 0 writes the fitted estimator (joblib)")
+    parser.add_argument(
+        "output", help="where process 0 writes the fitted estimator (joblib)"
+    )
     parser.add_argument("--n-components", type=int, required=True)
     parser.add_argument("--sample-weight", help="optional 1-D .npy of row weights")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="any DirectionAutoEncoder parameter, e.g. --set batch_size=4096",
     )
     args = parser.parse_args(argv)

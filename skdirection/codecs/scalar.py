@@ -1,4 +1,4 @@
-"""Bit-packed scalar quantization: the codec and its stored table.
+"""Bit-packed scalar quantization: the maths, the stored table and the codec.
 
 Codes of ``bits`` bits are packed row by row into ``uint8`` storage, so a table's
 ``n_bytes`` is what it really costs: half a byte per value at 4 bits, three eighths at 3,
@@ -9,9 +9,9 @@ a quarter at 2. Each group of ``group_size`` columns of a row has a scale and an
 import math
 
 import torch
-from torch import nn
 
-from ._table import CompressedTable, register_table
+from ._codec import Codec
+from ._table import CompressedTable, StoredSize, dtype_name, frozen, register_table
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 # Shrink factors of a group's [min, max] range tried by the clipping search: clipping a
@@ -33,10 +33,11 @@ def packed_row_bytes(n_features, bits):
     return math.ceil(n_features * bits / 8)
 
 
-def quantized_row_bytes(n_features, bits, group_size):
-    """Stored bytes of one row: its packed codes plus a float16 scale and offset a
-    group."""
-    return packed_row_bytes(n_features, bits) + 2 * 2 * n_groups(n_features, group_size)
+def quantized_row_size(n_features, bits, group_size, scale_dtype=torch.float16):
+    """:class:`StoredSize` of one row: its packed codes (one value each) and a scale and
+    an offset a group."""
+    codes = StoredSize(n_features, packed_row_bytes(n_features, bits))
+    return codes + StoredSize.of_values(2 * n_groups(n_features, group_size), scale_dtype)
 
 
 def _grouped(X, group_size):
@@ -53,8 +54,9 @@ def quantize(X, bits, group_size, scale_dtype=torch.float16, clip_search=True):
 
     For every group the clipping range ``ratio * [min, max]`` with the lowest sum of
     ``|error| ** CLIP_ERROR_POWER`` is kept (``ratio`` over :data:`CLIP_RATIOS`, or 1
-    without search). Scales and offsets are rounded to ``scale_dtype`` before the codes are computed, so decoding
-    with the stored values reproduces exactly what was measured.
+    without search). Scales and offsets are rounded to ``scale_dtype`` before the codes
+    are computed, so decoding with the stored values reproduces exactly what was
+    measured.
 
     Returns
     -------
@@ -126,10 +128,6 @@ def unpack_codes(packed, bits, n_features):
     return (bit_array.reshape(n, n_features, bits) * weights).sum(dim=2, dtype=torch.uint8)
 
 
-def _frozen(tensor):
-    return nn.Parameter(torch.as_tensor(tensor), requires_grad=False)
-
-
 @register_table
 class QuantizedTable(CompressedTable):
     """Rows stored as bit-packed integer codes with a scale and offset per group.
@@ -155,31 +153,39 @@ class QuantizedTable(CompressedTable):
         self.n_features = int(n_features)
         self.bits = int(bits)
         self.group_size = int(group_size)
-        self.packed = _frozen(packed)
-        self.scales = _frozen(scales)
-        self.offsets = _frozen(offsets)
+        self.packed = frozen(packed)
+        self.scales = frozen(scales)
+        self.offsets = frozen(offsets)
 
     @classmethod
-    def from_rows(cls, X, bits, group_size=None, scale_dtype=torch.float16, clip_search=None):
+    def from_rows(
+        cls, X, bits, group_size=None, scale_dtype=torch.float16, clip_search=None
+    ):
         """Quantize the rows of a float tensor ``X`` into a table.
 
         ``clip_search=None`` searches clipping ranges below 8 bits only.
         """
-        clip_search = bits < 8 if clip_search is None else clip_search
-        X = torch.as_tensor(X)
-        group_size = X.shape[1] if group_size is None else min(group_size, X.shape[1])
-        codes, scales, offsets = quantize(X, bits, group_size, scale_dtype, clip_search)
-        return cls(pack_codes(codes, bits), scales, offsets, X.shape[1], bits, group_size)
+        return ScalarCodec(bits, group_size, scale_dtype, clip_search).encode(
+            torch.as_tensor(X)
+        )
 
     def decode(self, indices=None):
         if indices is None:
             packed, scales, offsets = self.packed, self.scales, self.offsets
         else:
-            packed, scales, offsets = self.packed[indices], self.scales[indices], self.offsets[indices]
+            packed, scales, offsets = (
+                self.packed[indices],
+                self.scales[indices],
+                self.offsets[indices],
+            )
         shape = packed.shape[:-1]
-        codes = unpack_codes(packed.reshape(-1, packed.shape[-1]), self.bits, self.n_features)
+        codes = unpack_codes(
+            packed.reshape(-1, packed.shape[-1]), self.bits, self.n_features
+        )
         rows = dequantize(
-            codes, scales.reshape(codes.shape[0], -1), offsets.reshape(codes.shape[0], -1),
+            codes,
+            scales.reshape(codes.shape[0], -1),
+            offsets.reshape(codes.shape[0], -1),
             self.group_size,
         )
         return rows.reshape(*shape, self.n_features)
@@ -194,7 +200,11 @@ class QuantizedTable(CompressedTable):
 
     @property
     def n_parameters(self):
-        return self.num_embeddings * self.n_features + self.scales.numel() + self.offsets.numel()
+        return (
+            self.num_embeddings * self.n_features
+            + self.scales.numel()
+            + self.offsets.numel()
+        )
 
     def config(self):
         return {
@@ -202,7 +212,7 @@ class QuantizedTable(CompressedTable):
             "n_features": self.n_features,
             "bits": self.bits,
             "group_size": self.group_size,
-            "scale_dtype": str(self.scales.dtype).removeprefix("torch."),
+            "scale_dtype": dtype_name(self.scales.dtype),
         }
 
     @classmethod
@@ -217,3 +227,50 @@ class QuantizedTable(CompressedTable):
             bits,
             group_size,
         )
+
+
+class ScalarCodec(Codec):
+    """Scalar quantization of every value: ``bits`` a value, a scale and an offset per
+    group of ``group_size`` columns of a row (``None``: one pair per row).
+
+    Parameters
+    ----------
+    bits : {2, 3, 4, 8}
+    group_size : int or None, default=None
+    scale_dtype : torch.dtype, default=torch.float16
+    clip_search : bool or None, default=None
+        Search each group's clipping range; ``None`` searches below 8 bits.
+    """
+
+    def __init__(self, bits, group_size=None, scale_dtype=torch.float16, clip_search=None):
+        if bits not in SUPPORTED_BITS:
+            raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}.")
+        self.bits = bits
+        self.group_size = group_size
+        self.scale_dtype = scale_dtype
+        self.clip_search = bits < 8 if clip_search is None else clip_search
+        self.name = f"int{bits}" if group_size is None else f"int{bits}-g{group_size}"
+
+    def group_size_for(self, n_features):
+        """Columns a group covers in rows of ``n_features`` values."""
+        return n_features if self.group_size is None else min(self.group_size, n_features)
+
+    def quantize(self, rows):
+        """``(codes, scales, offsets)`` of the rows (codes unpacked, one a value)."""
+        group = self.group_size_for(rows.shape[1])
+        return quantize(rows, self.bits, group, self.scale_dtype, self.clip_search)
+
+    def encode(self, rows):
+        codes, scales, offsets = self.quantize(rows)
+        group = self.group_size_for(rows.shape[1])
+        return QuantizedTable(
+            pack_codes(codes, self.bits), scales, offsets, rows.shape[1], self.bits, group
+        )
+
+    def reconstruct(self, rows):
+        codes, scales, offsets = self.quantize(rows)
+        return dequantize(codes, scales, offsets, self.group_size_for(rows.shape[1]))
+
+    def row_size(self, n_features):
+        group = self.group_size_for(n_features)
+        return quantized_row_size(n_features, self.bits, group, self.scale_dtype)

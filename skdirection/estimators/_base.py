@@ -1,22 +1,28 @@
-"""What every compressor shares: input checks, scoring, output feature names."""
+"""What every compressor shares: input checks, sample weights, scoring, feature names."""
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_array,
+    check_is_fitted,
+    validate_data,
+)
 
-from ._backend import RowSource, as_source, file_backing
-from .metrics import row_cosine_similarity
+from .._engine.backend import RowSource, as_source, file_backing
+from ..metrics import mean_cosine_similarity, row_cosine_similarity
 
 FLOAT_DTYPES = (np.float64, np.float32)
 
 
-class BaseCompressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
-    """Base class for compressors: ``fit``, ``transform`` to a latent code,
-    ``inverse_transform`` back, ``score`` as mean cosine, ``compress`` to a stored table.
+class TableCompressor(BaseEstimator):
+    """Base class of every estimator that stores a table: ``fit``, then ``compress`` to
+    a :class:`~skdirection.CompressedTable` and ``score`` as the mean cosine between the
+    rows and what the table decodes.
 
-    Subclasses implement ``fit``, ``_encode`` (validated rows to codes), ``_decode``
-    (codes to rows) and ``compress``, and name in ``_fitted_marker`` the attribute that
-    exists once fitting has finished.
+    Subclasses implement ``fit`` and ``compress`` and name in ``_fitted_marker`` the
+    attribute that exists once fitting has finished.
     """
 
     def __sklearn_is_fitted__(self):
@@ -26,10 +32,6 @@ class BaseCompressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         """Leave the estimator unfitted, never half-written, after a failed fit."""
         for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
             delattr(self, name)
-
-    @property
-    def _n_features_out(self):
-        return self.n_components
 
     def _validate_rows(self, X, *, reset):
         _check_numeric(X)
@@ -48,19 +50,6 @@ class BaseCompressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         )
         return as_source(rows, X if streamed else None, check_finite=streamed)
 
-    def _validate_n_components(self, n_samples, n_features, *, max_samples=False):
-        k = self.n_components
-        if k >= n_features:
-            raise ValueError(
-                f"n_components={k} must be strictly less than the number of features "
-                f"(n_features={n_features}): a rank as large as the data compresses nothing."
-            )
-        if max_samples and k > n_samples:
-            raise ValueError(
-                f"n_components={k} must be at most the number of rows "
-                f"(n_samples={n_samples})."
-            )
-
     def _check_sample_weight(self, sample_weight, X):
         if sample_weight is None:
             return None
@@ -70,6 +59,61 @@ class BaseCompressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         if not np.all(np.isfinite(weight)):
             raise ValueError("sample_weight contains NaN or infinity.")
         return weight
+
+    def score(self, X, y=None, sample_weight=None):
+        """(Weighted) mean cosine similarity between the rows and their stored form.
+
+        Higher is better (at most 1.0), so model selection maximises it.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : None
+            Ignored.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the rows in the mean.
+
+        Returns
+        -------
+        score : float
+        """
+        table = self.compress(X)
+        X = self._validate_rows(X, reset=False)
+        with torch.no_grad():
+            decoded = table.decode().numpy()
+        return mean_cosine_similarity(X, decoded, sample_weight)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+class BaseCompressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, TableCompressor):
+    """Base class of the compressors that code each row on its own: ``transform`` to a
+    latent code, ``inverse_transform`` back, ``score`` streamed chunk by chunk.
+
+    Subclasses implement ``fit``, ``_encode`` (a :class:`RowSource` of validated rows to
+    codes), ``_decode`` (codes to rows) and ``compress``.
+    """
+
+    @property
+    def _n_features_out(self):
+        return self.n_components
+
+    def _validate_n_components(self, n_samples, n_features, *, max_samples=False):
+        k = self.n_components
+        if k >= n_features:
+            raise ValueError(
+                f"n_components={k} must be strictly less than the number of features "
+                f"(n_features={n_features}): a rank as large as the data compresses "
+                "nothing."
+            )
+        if max_samples and k > n_samples:
+            raise ValueError(
+                f"n_components={k} must be at most the number of rows "
+                f"(n_samples={n_samples})."
+            )
 
     def transform(self, X):
         """Encode rows of ``X`` as ``n_components`` latent values each.
@@ -109,7 +153,8 @@ class BaseCompressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def score(self, X, y=None, sample_weight=None):
         """Mean cosine similarity between each row and its reconstruction.
 
-        Higher is better (at most 1.0), so model selection maximises it.
+        Higher is better (at most 1.0), so model selection maximises it. A memmap is
+        read chunk by chunk.
 
         Parameters
         ----------

@@ -1,4 +1,4 @@
-"""Compression methods by name, for the CLI and the benchmarks.
+"""Compression methods by name: the presets the CLI, the benchmarks and users share.
 
 A method is one entry: a function that, given the shape of the embedding matrix, the
 compression ratio to meet and the run's options, returns an unfitted estimator whose
@@ -9,13 +9,16 @@ metric) or ``"bytes"``. A new method is one more :func:`register_method` call.
 
 from dataclasses import dataclass
 
-from ._autoencoder import DirectionAutoEncoder
-from ._mixed import FrequencyMixedCompressor
-from ._product_quantized_table import MAX_CENTROIDS, n_blocks
-from ._product_quantizer import ProductQuantizer
-from ._quantized_table import quantized_row_bytes
-from ._quantizer import ScalarQuantizer
-from ._svd import TruncatedSVDCompressor
+import torch
+
+from .codecs import NormScaledCodec, ProductCodec, ScalarCodec, largest_rank
+from .estimators import (
+    DirectionAutoEncoder,
+    FrequencyMixedCompressor,
+    ProductQuantizer,
+    ScalarQuantizer,
+    TruncatedSVDCompressor,
+)
 
 METHODS = {}
 
@@ -74,18 +77,7 @@ def low_rank_components(n_rows, n_features, ratio, *, bias=False):
     >>> low_rank_components(49152, 576, 10, bias=True)
     56
     """
-    if ratio <= 1:
-        raise ValueError(f"ratio must be greater than 1, got {ratio}.")
-    budget = n_rows * n_features / ratio - (n_features if bias else 0)
-    k = int(budget // (n_rows + n_features))
-    if k < 1:
-        raise ValueError(
-            f"ratio {ratio} is too high for a {n_rows} x {n_features} matrix: even rank 1 "
-            "stores more."
-        )
-    if k >= n_features:
-        raise ValueError(f"ratio {ratio} needs rank {k} >= {n_features}: nothing to compress.")
-    return k
+    return largest_rank(n_rows, n_features, ratio, bias=bias)
 
 
 def scalar_bytes_ratio(n_features, bits, group_size):
@@ -97,7 +89,7 @@ def scalar_bytes_ratio(n_features, bits, group_size):
     >>> scalar_bytes_ratio(576, 4, 32)
     6.4
     """
-    return 4 * n_features / quantized_row_bytes(n_features, bits, group_size or n_features)
+    return 4 * n_features / ScalarCodec(bits, group_size).row_size(n_features).n_bytes
 
 
 def scalar_config(n_features, ratio, *, min_bits=2):
@@ -118,10 +110,8 @@ def pq_stored_size(n_rows, n_features, block_size, ratio_unit):
     >>> pq_stored_size(49152, 576, 4, "bytes")  # 144 codes + 2 bytes a row, codebooks
     7471104
     """
-    blocks = n_blocks(n_features, block_size)
-    codebook_values = blocks * min(MAX_CENTROIDS, n_rows) * block_size
-    value_size = 2 if ratio_unit == "bytes" else 1
-    return n_rows * (blocks + value_size) + codebook_values * value_size
+    codec = NormScaledCodec(ProductCodec(block_size, codebook_dtype=torch.float16))
+    return codec.stored_size(n_rows, n_features).in_unit(ratio_unit)
 
 
 def pq_block_size(n_rows, n_features, ratio, ratio_unit):

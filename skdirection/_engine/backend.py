@@ -162,7 +162,7 @@ class RowSource:
                 rows = np.fromfile(handle, self.X.dtype, (last - first) * self.n_features)
             rows = rows.reshape(last - first, self.n_features)
         else:
-            rows = np.ascontiguousarray(self.X[first:max(first, last)])
+            rows = np.ascontiguousarray(self.X[first : max(first, last)])
         if self.check_finite and not np.all(np.isfinite(rows)):
             raise ValueError("Input X contains NaN or infinity.")
         missing = (stop - start) - rows.shape[0]
@@ -184,6 +184,8 @@ def as_source(X, original=None, **kwargs):
     validation kept ``X`` a view of it (no dtype conversion, no copy).
     """
     backing = file_backing(original)
-    if backing is not None and not (X.dtype == original.dtype and np.may_share_memory(X, original)):
+    if backing is not None and not (
+        X.dtype == original.dtype and np.may_share_memory(X, original)
+    ):
         backing = None
     return RowSource(X, backing, **kwargs)

@@ -1,0 +1,82 @@
+"""The torch side of the direction autoencoder: the network, its starting point and the
+row weights of its loss."""
+
+import numpy as np
+import torch
+
+from .backend import as_tensor
+from .mlp import forward_layers, init_layers
+from .numerics import top_eigenvectors, weighted_sums
+
+
+class AutoEncoderNet(torch.nn.Module):
+    """Encoder and decoder layers; ``encoder`` and ``decoder`` are ``(coefs,
+    intercepts)`` lists of tensors, trained in place as parameters."""
+
+    def __init__(self, encoder, decoder, activation, latent_activation):
+        super().__init__()
+        parameters = lambda tensors: torch.nn.ParameterList(  # noqa: E731
+            [torch.nn.Parameter(t.clone()) for t in tensors]
+        )
+        self.encoder_coefs, self.encoder_intercepts = map(parameters, encoder)
+        self.decoder_coefs, self.decoder_intercepts = map(parameters, decoder)
+        self.activation = activation
+        self.latent_activation = latent_activation
+
+    def forward(self, rows):
+        latent = forward_layers(
+            rows,
+            self.encoder_coefs,
+            self.encoder_intercepts,
+            self.activation,
+            self.latent_activation,
+        )
+        return forward_layers(
+            latent, self.decoder_coefs, self.decoder_intercepts, self.activation
+        )
+
+
+def to_numpy(tensors):
+    return [t.detach().cpu().numpy().astype(np.float32) for t in tensors]
+
+
+def direction_basis(source, weight, k, device, reduce=None):
+    """Top-``k`` right singular vectors of the row-normalised, row-weighted table, as
+    columns ``(n_features, k)``.
+
+    On unit rows the squared error of a projection is ``1 - cos**2`` per row, so this
+    basis nearly maximises the mean cosine: a starting point that the direction loss
+    only fine-tunes. ``reduce`` sums the Gram matrix over processes.
+    """
+    _, _, gram = weighted_sums(source, weight, device, torch.float32, unit=True)
+    if reduce is not None:
+        gram = reduce(gram)
+    return top_eigenvectors(gram, k)[1].T.float()
+
+
+def initial_layers(source, row_weight, layer_sizes, init, generator, device, reduce=None):
+    """Encoder and decoder ``(coefs, intercepts)`` to start training from.
+
+    ``"random"`` draws them as PyTorch's ``nn.Linear`` would; ``"svd"`` (a linear
+    autoencoder, ``layer_sizes = [n_features, n_components]``) starts from the top
+    singular vectors of the row-normalised, row-weighted table, zero biases.
+    """
+    n_features, n_components = layer_sizes[0], layer_sizes[-1]
+    encoder = init_layers(layer_sizes, generator, device)
+    decoder = init_layers(layer_sizes[::-1], generator, device)
+    if init == "svd":
+        basis = direction_basis(source, row_weight, n_components, device, reduce)
+        encoder = [[basis.contiguous()], [torch.zeros(n_components, device=device)]]
+        decoder = [[basis.T.contiguous()], [torch.zeros(n_features, device=device)]]
+    return encoder, decoder
+
+
+def normalised_row_weight(weight, n_rows, device):
+    """Row weights on ``device`` averaging one over the table (ones for ``None``); rows
+    past the table's end (a padded shard) weigh zero."""
+    if weight is None:
+        return torch.ones(n_rows, device=device)
+    total = weight.sum()
+    padded = np.zeros(n_rows)
+    padded[: len(weight)] = weight / (total / len(weight) if total > 0 else 1.0)
+    return as_tensor(padded, device)

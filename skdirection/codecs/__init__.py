@@ -1,0 +1,60 @@
+"""Codecs: how rows are stored, each with its maths, its stored table and its size.
+
+A :class:`Codec` learns what it shares across rows (``fit``), stores rows as a
+:class:`CompressedTable` (``encode``) and states its size before anything is fitted
+(``row_size``, ``fixed_size``); the table decodes rows by index and counts what it
+stores. Codecs compose the way faiss's index factory composes quantizers: a
+:class:`NormScaledCodec` stores the directions of any codec and the norms beside them, a
+:class:`ProjectionCodec` stores latent codes with any codec, and a
+:class:`PartitionedTable` puts each row in the table of the codec chosen for it.
+
+Adding a codec means one module here: a :class:`Codec` subclass, and its table class
+decorated with :func:`register_table` so that :func:`load_table` can read it back. The
+frequency-aware mix then offers it to each row once registered with
+:func:`skdirection.estimators.register_candidates`.
+"""
+
+from ._codec import Codec
+from ._table import (
+    CompressedTable,
+    StoredSize,
+    load_table,
+    register_table,
+    save_table,
+)
+from .dense import DenseCodec, DenseTable
+from .low_rank import (
+    LinearDecodedTable,
+    LowRankTable,
+    ProjectionCodec,
+    largest_rank,
+    low_rank_size,
+)
+from .norm_scaled import NormScaledCodec, NormScaledTable
+from .partitioned import PartitionedTable, partition_size
+from .product import ProductCodec, ProductQuantizedTable
+from .scalar import QuantizedTable, ScalarCodec
+
+__all__ = [
+    "Codec",
+    "CompressedTable",
+    "DenseCodec",
+    "DenseTable",
+    "LinearDecodedTable",
+    "LowRankTable",
+    "NormScaledCodec",
+    "NormScaledTable",
+    "PartitionedTable",
+    "ProductCodec",
+    "ProductQuantizedTable",
+    "ProjectionCodec",
+    "QuantizedTable",
+    "ScalarCodec",
+    "StoredSize",
+    "largest_rank",
+    "load_table",
+    "low_rank_size",
+    "partition_size",
+    "register_table",
+    "save_table",
+]

@@ -1,0 +1,232 @@
+"""Low rank: a latent code a row and a shared decoder. The tables, their size, and the
+projection codec over a weighted basis of the rows."""
+
+import numpy as np
+import torch
+
+from .._engine.backend import as_source
+from .._engine.mlp import ACTIVATIONS, forward_layers
+from .._engine.numerics import top_eigenvectors, weighted_sums
+from ._codec import Codec
+from ._table import (
+    CompressedTable,
+    StoredSize,
+    describe_table,
+    dtype_name,
+    empty_table,
+    frozen,
+    register_table,
+)
+
+
+def low_rank_size(n_rows, n_features, n_components, *, bias=False):
+    """:class:`StoredSize` of a float32 low-rank table: ``n_rows x n_components`` latent
+    values, a linear ``n_components x n_features`` decoder and, with ``bias``, its
+    ``n_features`` bias (as Balazy et al., 2021, count it)."""
+    values = n_rows * n_components + n_components * n_features + (n_features if bias else 0)
+    return StoredSize.of_values(values, torch.float32)
+
+
+def largest_rank(n_rows, n_features, ratio, *, bias=False):
+    """Largest rank whose float32 low-rank table is at least ``ratio`` times smaller
+    than the ``n_rows x n_features`` matrix, or raise if none compresses that much.
+
+    Examples
+    --------
+    >>> largest_rank(30522, 768, 10)
+    74
+    >>> largest_rank(49152, 576, 10, bias=True)
+    56
+    """
+    if ratio <= 1:
+        raise ValueError(f"ratio must be greater than 1, got {ratio}.")
+    budget = n_rows * n_features / ratio - (n_features if bias else 0)
+    k = int(budget // (n_rows + n_features))
+    if k < 1:
+        raise ValueError(
+            f"ratio {ratio} is too high for a {n_rows} x {n_features} matrix: even rank 1 "
+            "stores more."
+        )
+    if k >= n_features:
+        raise ValueError(
+            f"ratio {ratio} needs rank {k} >= {n_features}: nothing to compress."
+        )
+    return k
+
+
+@register_table
+class LowRankTable(CompressedTable):
+    """A latent table and a decoder: row ``i`` is ``decoder(latent[i])``.
+
+    Parameters
+    ----------
+    latent : torch.Tensor of shape (n_rows, n_components)
+    coefs : list of torch.Tensor
+        Decoder weight matrices, each of shape (fan_in, fan_out).
+    intercepts : list of torch.Tensor or None
+        Decoder biases, one per layer (``None`` entries for layers without bias).
+    activation : str or None
+        Applied between decoder layers, not after the last one.
+    """
+
+    def __init__(self, latent, coefs, intercepts=None, activation=None):
+        super().__init__()
+        if intercepts is None:
+            intercepts = [None] * len(coefs)
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ValueError(
+                f"Unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}."
+            )
+        self.activation = activation
+        self.latent = frozen(latent)
+        self.coefs = torch.nn.ParameterList([frozen(c) for c in coefs])
+        self.has_bias = [b is not None for b in intercepts]
+        self.intercepts = torch.nn.ParameterList(
+            [frozen(b) for b in intercepts if b is not None]
+        )
+
+    def decode(self, indices=None):
+        rows = self.latent if indices is None else self.latent[indices]
+        biases = iter(self.intercepts)
+        intercepts = [next(biases) if has else None for has in self.has_bias]
+        return forward_layers(rows, list(self.coefs), intercepts, self.activation)
+
+    @property
+    def num_embeddings(self):
+        return self.latent.shape[0]
+
+    @property
+    def embedding_dim(self):
+        return self.coefs[-1].shape[1]
+
+    def config(self):
+        sizes = [self.latent.shape[1]] + [c.shape[1] for c in self.coefs]
+        return {
+            "n_rows": self.latent.shape[0],
+            "layer_sizes": sizes,
+            "has_bias": self.has_bias,
+            "activation": self.activation,
+            "dtype": dtype_name(self.latent.dtype),
+        }
+
+    @classmethod
+    def empty(cls, n_rows, layer_sizes, has_bias, activation, dtype="float32"):
+        dtype = getattr(torch, dtype)
+        shapes = list(zip(layer_sizes, layer_sizes[1:], strict=False))
+        coefs = [torch.empty(a, b, dtype=dtype) for a, b in shapes]
+        intercepts = [
+            torch.empty(b, dtype=dtype) if bias else None
+            for (_, b), bias in zip(shapes, has_bias, strict=True)
+        ]
+        latent = torch.empty(n_rows, layer_sizes[0], dtype=dtype)
+        return cls(latent, coefs, intercepts, activation)
+
+
+@register_table
+class LinearDecodedTable(CompressedTable):
+    """Row ``i`` is ``inner.decode(i) @ components`` (plus ``bias``): a low-rank table
+    whose latent codes may themselves be quantized.
+
+    Parameters
+    ----------
+    inner : CompressedTable
+        The latent table, ``n_components`` columns.
+    components : tensor of shape (n_components, n_features)
+    bias : tensor of shape (n_features,) or None
+    """
+
+    def __init__(self, inner, components, bias=None):
+        super().__init__()
+        self.inner = inner
+        self.components = frozen(components)
+        self.has_bias = bias is not None
+        if self.has_bias:
+            self.bias = frozen(bias)
+
+    def decode(self, indices=None):
+        rows = self.inner.decode(indices) @ self.components.float()
+        return rows + self.bias.float() if self.has_bias else rows
+
+    @property
+    def num_embeddings(self):
+        return self.inner.num_embeddings
+
+    @property
+    def embedding_dim(self):
+        return self.components.shape[1]
+
+    def config(self):
+        return {
+            "inner": describe_table(self.inner),
+            "n_features": self.components.shape[1],
+            "has_bias": self.has_bias,
+            "dtype": dtype_name(self.components.dtype),
+        }
+
+    @classmethod
+    def empty(cls, inner, n_features, has_bias, dtype="float32"):
+        inner = empty_table(inner)
+        dtype = getattr(torch, dtype)
+        components = torch.empty(inner.embedding_dim, n_features, dtype=dtype)
+        bias = torch.empty(n_features, dtype=dtype) if has_bias else None
+        return cls(inner, components, bias)
+
+
+def weighted_basis(rows, weight, n_components):
+    """Top right singular vectors ``(n_components, n_features)`` of the row-weighted
+    rows (not centred): the eigenvectors of ``X.T @ diag(weight) @ X``, in float32."""
+    source = as_source(np.ascontiguousarray(rows.cpu().numpy()))
+    _, _, gram = weighted_sums(source, weight, torch.device("cpu"), torch.float64)
+    return top_eigenvectors(gram, n_components)[1].float()
+
+
+class ProjectionCodec(Codec):
+    """Rows projected on a weighted basis of ``n_components`` directions; the latent
+    codes are stored by ``latent`` (float32 values, or 8-bit scalar codes).
+
+    Parameters
+    ----------
+    n_components : int
+    latent : Codec
+        Stores the ``n_rows x n_components`` latent codes.
+    basis_dtype : torch.dtype, default=torch.float32
+        Precision of the stored basis.
+
+    Attributes
+    ----------
+    components : tensor of shape (n_components, n_features)
+        Set by :meth:`fit` (float32).
+    """
+
+    def __init__(self, n_components, latent, basis_dtype=torch.float32):
+        self.n_components = n_components
+        self.latent = latent
+        self.basis_dtype = basis_dtype
+        self.components = None
+        self.name = f"rank{n_components}"
+
+    def fit(self, rows, weight=None, generator=None):
+        self.components = weighted_basis(rows, weight, self.n_components)
+        return self
+
+    def truncated(self, n_components):
+        """The same codec over the first ``n_components`` directions of the basis."""
+        codec = ProjectionCodec(n_components, self.latent, self.basis_dtype)
+        codec.components = self.components[:n_components]
+        return codec
+
+    def encode(self, rows):
+        latent = rows @ self.components.T
+        return LinearDecodedTable(
+            self.latent.encode(latent), self.components.to(self.basis_dtype)
+        )
+
+    def reconstruct(self, rows):
+        # Decoded through the float32 basis, where the table stores basis_dtype.
+        return self.latent.reconstruct(rows @ self.components.T) @ self.components
+
+    def row_size(self, n_features):
+        return self.latent.row_size(self.n_components)
+
+    def fixed_size(self, n_rows, n_features):
+        return StoredSize.of_values(self.n_components * n_features, self.basis_dtype)

@@ -1,0 +1,89 @@
+"""Directions from any codec, lengths stored apart (Banaei et al., 2023)."""
+
+import torch
+
+from .._engine.numerics import unit_rows
+from ._codec import Codec
+from ._table import (
+    CompressedTable,
+    StoredSize,
+    describe_table,
+    dtype_name,
+    empty_table,
+    frozen,
+    register_table,
+)
+
+
+@register_table
+class NormScaledTable(CompressedTable):
+    """Directions from ``inner``, lengths from stored per-row ``norms``.
+
+    Each decoded row of ``inner`` is scaled to unit length, then to its stored norm, as
+    Banaei et al. (EACL 2023) do: the compressed part only has to get directions right.
+
+    Parameters
+    ----------
+    inner : CompressedTable
+    norms : tensor of shape (n_rows,)
+    """
+
+    def __init__(self, inner, norms):
+        super().__init__()
+        self.inner = inner
+        self.norms = frozen(norms)
+
+    def decode(self, indices=None):
+        directions, _ = unit_rows(self.inner.decode(indices))
+        norms = self.norms if indices is None else self.norms[indices]
+        return directions * norms.float()[..., None]
+
+    @property
+    def num_embeddings(self):
+        return self.norms.shape[0]
+
+    @property
+    def embedding_dim(self):
+        return self.inner.embedding_dim
+
+    def config(self):
+        return {"inner": describe_table(self.inner), "dtype": dtype_name(self.norms.dtype)}
+
+    @classmethod
+    def empty(cls, inner, dtype="float32"):
+        inner = empty_table(inner)
+        return cls(inner, torch.empty(inner.num_embeddings, dtype=getattr(torch, dtype)))
+
+
+class NormScaledCodec(Codec):
+    """``inner`` stores each row's unit direction; the row's norm is stored at
+    ``norm_dtype`` beside it.
+
+    Parameters
+    ----------
+    inner : Codec
+    norm_dtype : torch.dtype, default=torch.float16
+    """
+
+    def __init__(self, inner, norm_dtype=torch.float16):
+        self.inner = inner
+        self.norm_dtype = norm_dtype
+        self.name = inner.name
+
+    def fit(self, rows, weight=None, generator=None, **kwargs):
+        self.inner.fit(unit_rows(rows)[0], weight, generator, **kwargs)
+        return self
+
+    def encode(self, rows):
+        directions, norms = unit_rows(rows)
+        return NormScaledTable(self.inner.encode(directions), norms.to(self.norm_dtype))
+
+    def reconstruct(self, rows):
+        # Cosines are all the mix reads: the inner directions need no rescaling.
+        return self.inner.reconstruct(unit_rows(rows)[0])
+
+    def row_size(self, n_features):
+        return self.inner.row_size(n_features) + StoredSize.of_values(1, self.norm_dtype)
+
+    def fixed_size(self, n_rows, n_features):
+        return self.inner.fixed_size(n_rows, n_features)

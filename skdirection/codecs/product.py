@@ -1,0 +1,179 @@
+"""Product quantization: the maths, the stored table and the codec.
+
+The columns are cut into blocks of ``block_size``; each block of every row is stored as
+the index (one byte) of its nearest entry in that block's codebook of at most 256
+vectors, learned by weighted k-means. A row of ``d`` values costs ``ceil(d /
+block_size)`` bytes plus what the codebooks cost once for the whole table.
+"""
+
+import math
+
+import torch
+
+from .._engine.kmeans import nearest_centroids, weighted_kmeans
+from ._codec import Codec
+from ._table import CompressedTable, StoredSize, dtype_name, frozen, register_table
+
+MAX_CENTROIDS = 256  # one uint8 code a block
+
+
+def n_blocks(n_features, block_size):
+    return math.ceil(n_features / block_size)
+
+
+def blocked(X, block_size):
+    """``X`` as ``(n_blocks, n, block_size)``, the last block padded with zeros."""
+    n, d = X.shape
+    pad = n_blocks(d, block_size) * block_size - d
+    if pad:
+        X = torch.cat([X, X.new_zeros(n, pad)], dim=1)
+    return X.reshape(n, -1, block_size).permute(1, 0, 2).contiguous()
+
+
+def encode_blocks(rows, codebooks):
+    """Codes ``(n, n_blocks)`` of the rows: each block's nearest codebook vector."""
+    return nearest_centroids(blocked(rows, codebooks.shape[2]), codebooks.float())
+
+
+def decode_blocks(codes, codebooks, n_features):
+    """Rows from ``(n, n_blocks)`` codes and ``(n_blocks, n_centroids, block_size)``
+    codebooks."""
+    m = codebooks.shape[0]
+    picked = codebooks.float()[torch.arange(m, device=codes.device), codes.long()]
+    return picked.reshape(codes.shape[0], -1)[:, :n_features]
+
+
+@register_table
+class ProductQuantizedTable(CompressedTable):
+    """Rows stored as one byte per block of columns, indices into per-block codebooks.
+
+    Row ``i`` is the concatenation over blocks ``j`` of ``codebooks[j, codes[i, j]]``,
+    cut to ``n_features`` columns. ``n_bytes`` counts the uint8 codes and the codebooks
+    at their dtype; ``n_parameters`` counts one value a code and a codebook entry.
+
+    Parameters
+    ----------
+    codes : uint8 tensor of shape (n_rows, n_blocks)
+    codebooks : float tensor of shape (n_blocks, n_centroids, block_size)
+    n_features : int
+    """
+
+    def __init__(self, codes, codebooks, n_features):
+        super().__init__()
+        if codebooks.shape[1] > MAX_CENTROIDS:
+            raise ValueError(
+                f"at most {MAX_CENTROIDS} centroids fit a one-byte code, got "
+                f"{codebooks.shape[1]}."
+            )
+        self.n_features = int(n_features)
+        self.codes = frozen(torch.as_tensor(codes).to(torch.uint8))
+        self.codebooks = frozen(codebooks)
+
+    def decode(self, indices=None):
+        codes = self.codes if indices is None else self.codes[indices]
+        shape = codes.shape[:-1]
+        flat = codes.reshape(-1, codes.shape[-1])
+        rows = decode_blocks(flat, self.codebooks, self.n_features)
+        return rows.reshape(*shape, self.n_features)
+
+    @property
+    def num_embeddings(self):
+        return self.codes.shape[0]
+
+    @property
+    def embedding_dim(self):
+        return self.n_features
+
+    def config(self):
+        m, k, s = self.codebooks.shape
+        return {
+            "n_rows": self.num_embeddings,
+            "n_features": self.n_features,
+            "block_size": s,
+            "n_centroids": k,
+            "dtype": dtype_name(self.codebooks.dtype),
+        }
+
+    @classmethod
+    def empty(cls, n_rows, n_features, block_size, n_centroids, dtype="float16"):
+        m = n_blocks(n_features, block_size)
+        return cls(
+            torch.empty(n_rows, m, dtype=torch.uint8),
+            torch.empty(m, n_centroids, block_size, dtype=getattr(torch, dtype)),
+            n_features,
+        )
+
+
+class ProductCodec(Codec):
+    """Product quantization: one byte a block of ``block_size`` columns, an index into
+    that block's codebook of ``n_centroids`` vectors learned by weighted k-means.
+
+    Parameters
+    ----------
+    block_size : int
+    n_centroids : int, default=256
+        At most 256; fewer are learned when fewer rows have a positive weight.
+    codebook_dtype : torch.dtype, default=torch.float16
+        Codes are chosen against the codebooks rounded to this dtype.
+    n_iter : int, default=10
+        Most iterations of Lloyd's algorithm.
+
+    Attributes
+    ----------
+    codebooks : tensor of shape (n_blocks, n_centroids, block_size)
+        Set by :meth:`fit`, at ``codebook_dtype``.
+    n_iter_ : int
+        Iterations the last :meth:`fit` ran.
+    """
+
+    def __init__(
+        self, block_size, n_centroids=MAX_CENTROIDS, codebook_dtype=torch.float16, n_iter=10
+    ):
+        if not 2 <= n_centroids <= MAX_CENTROIDS:
+            raise ValueError(
+                f"n_centroids must be in [2, {MAX_CENTROIDS}] (one-byte codes), got "
+                f"{n_centroids}."
+            )
+        self.block_size = block_size
+        self.n_centroids = n_centroids
+        self.codebook_dtype = codebook_dtype
+        self.n_iter = n_iter
+        self.codebooks = None
+        self.name = f"pq{block_size}"
+
+    def fit(self, rows, weight=None, generator=None, *, init=None, n_iter=None):
+        """Learn the codebooks; ``init`` (codebooks) warm-starts a refit."""
+        if weight is None:
+            weight = torch.ones(rows.shape[0], dtype=torch.float64)
+        weight = torch.as_tensor(weight, dtype=torch.float64)
+        n_centroids = min(self.n_centroids, int(torch.count_nonzero(weight)))
+        weight = (weight / weight.sum()).float().to(rows.device)
+        codebooks, self.n_iter_ = weighted_kmeans(
+            blocked(rows, self.block_size),
+            weight,
+            n_centroids,
+            self.n_iter if n_iter is None else n_iter,
+            generator,
+            None if init is None else init.float(),
+        )
+        self.codebooks = codebooks.to(self.codebook_dtype)
+        return self
+
+    def encode(self, rows):
+        codes = encode_blocks(rows, self.codebooks.to(rows.device))
+        return ProductQuantizedTable(codes, self.codebooks, rows.shape[1])
+
+    def reconstruct(self, rows):
+        books = self.codebooks.to(rows.device)
+        return decode_blocks(encode_blocks(rows, books), books, rows.shape[1])
+
+    def row_size(self, n_features):
+        blocks = n_blocks(n_features, self.block_size)
+        return StoredSize(blocks, blocks)  # one uint8 code a block
+
+    def fixed_size(self, n_rows, n_features):
+        if self.codebooks is not None:
+            return StoredSize.of_values(self.codebooks.numel(), self.codebook_dtype)
+        n_centroids = min(self.n_centroids, n_rows)
+        values = n_blocks(n_features, self.block_size) * n_centroids * self.block_size
+        return StoredSize.of_values(values, self.codebook_dtype)

@@ -1,0 +1,209 @@
+"""The codecs a frequency-aware mix offers each row, by family, and what each costs."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..._engine.numerics import row_cosine
+from ...codecs import (
+    DenseCodec,
+    NormScaledCodec,
+    ProductCodec,
+    ProjectionCodec,
+    ScalarCodec,
+)
+from ...codecs.product import MAX_CENTROIDS
+
+_LATENT_BITS = 8
+_KMEANS_ITER = 8
+_REFIT_ITER = 4  # a refit starts from the codebooks it refines
+
+
+@dataclass
+class Candidate:
+    """One codec the mix may give a row, fitted on the table, and what it would cost.
+
+    Attributes
+    ----------
+    codec : Codec
+        Fitted.
+    family : CandidateFamily
+        The family that made it.
+    row_cost : float
+        Stored bytes (or parameters) of one row, in the budget's unit.
+    fixed_cost : float
+        What the codec stores once if any row uses it (codebooks, a basis).
+    distance : ndarray of shape (n_rows,)
+        Cosine distance of every row to its reconstruction by the codec.
+    """
+
+    codec: object
+    family: object
+    row_cost: float
+    fixed_cost: float
+    distance: np.ndarray
+
+    @property
+    def name(self):
+        return self.codec.name
+
+
+class CandidateFamily:
+    """A kind of codec the mix can give a row: which codecs to try, how to fit them on
+    the table, and how to refit them on the rows that chose them.
+
+    Subclass it and register an instance with :func:`register_candidates` to add a codec
+    to :class:`~skdirection.FrequencyMixedCompressor`; the budget solver needs no change.
+    """
+
+    def codecs(self, mix, n_rows, n_features):
+        """Unfitted codecs for the mix's parameters and a table of this shape."""
+        raise NotImplementedError
+
+    def fit(self, codecs, rows, weight, generator):
+        """Fit the codecs on the rows (float32 tensor) and their weights (numpy)."""
+        for codec in codecs:
+            codec.fit(rows, torch.from_numpy(weight), generator)
+
+    def refit(self, codecs, rows, weight, members, generator):
+        """Refit the codecs on the rows assigned to them (``members``: one boolean mask
+        a codec); return whether anything changed. Codecs that learn nothing from the
+        table keep the default: nothing to refit."""
+        return False
+
+    def learned(self, codecs):
+        """Fitted attributes (name ending in ``_``: value) the mix exposes for these
+        codecs; none by default."""
+        return {}
+
+
+CANDIDATE_FAMILIES = {}
+
+
+def register_candidates(name, family):
+    """Offer the codecs of ``family`` (a :class:`CandidateFamily`) to every row of a
+    :class:`~skdirection.FrequencyMixedCompressor`; they compete with the built-in
+    families (``"exact"``, ``"scalar"``, ``"product"``, ``"low_rank"``) within the
+    budget. Returns ``family``."""
+    CANDIDATE_FAMILIES[name] = family
+    return family
+
+
+def _float_dtype(mix):
+    # A bytes budget stores floats in half precision; a parameters budget counts values.
+    return torch.float16 if mix.ratio_unit == "bytes" else torch.float32
+
+
+class ExactFamily(CandidateFamily):
+    """The row as it is: float16 under a bytes budget, float32 under a parameters one."""
+
+    def codecs(self, mix, n_rows, n_features):
+        return [DenseCodec(_float_dtype(mix))]
+
+
+class ScalarFamily(CandidateFamily):
+    """Scalar codes at each of ``bits`` and each of ``group_sizes`` (bytes budgets only:
+    a code counts as a parameter, so under a parameters budget they save nothing)."""
+
+    def codecs(self, mix, n_rows, n_features):
+        if mix.ratio_unit != "bytes":
+            return []
+        d = n_features
+        groups = sorted({d if g is None else min(int(g), d) for g in mix.group_sizes})
+        return [
+            ScalarCodec(b, None if group == d else group)
+            for b in sorted({int(b) for b in mix.bits}, reverse=True)
+            for group in groups
+        ]
+
+
+class ProductFamily(CandidateFamily):
+    """Product quantization of the unit directions in blocks of each of
+    ``block_sizes``, norms stored apart; codebooks refitted on the rows that chose them."""
+
+    def codecs(self, mix, n_rows, n_features):
+        dtype = _float_dtype(mix)
+        block_sizes = sorted({int(b) for b in mix.block_sizes if 0 < int(b) < n_features})
+        return [
+            NormScaledCodec(ProductCodec(b, MAX_CENTROIDS, dtype, _KMEANS_ITER), dtype)
+            for b in block_sizes
+        ]
+
+    def refit(self, codecs, rows, weight, members, generator):
+        changed = False
+        for codec, rows_of_codec in zip(codecs, members, strict=True):
+            if np.count_nonzero(weight[rows_of_codec]) >= MAX_CENTROIDS:
+                member_weight = torch.from_numpy(np.where(rows_of_codec, weight, 0.0))
+                codec.fit(
+                    rows,
+                    member_weight,
+                    generator,
+                    init=codec.inner.codebooks,
+                    n_iter=_REFIT_ITER,
+                )
+                changed = True
+        return changed
+
+    def learned(self, codecs):
+        return {
+            "codebooks_": {
+                c.inner.block_size: c.inner.codebooks.cpu().numpy() for c in codecs
+            }
+        }
+
+
+class LowRankFamily(CandidateFamily):
+    """Low-rank codes of the unit directions at each of ``ranks``, over one weighted
+    basis (int8 latent codes under a bytes budget), norms stored apart."""
+
+    def codecs(self, mix, n_rows, n_features):
+        dtype = _float_dtype(mix)
+        if mix.ratio_unit == "bytes":
+            latent = ScalarCodec(_LATENT_BITS, clip_search=False)
+        else:
+            latent = DenseCodec(torch.float32)
+        ranks = sorted({int(k) for k in mix.ranks if 0 < int(k) < n_features}, reverse=True)
+        return [NormScaledCodec(ProjectionCodec(k, latent, dtype), dtype) for k in ranks]
+
+    def fit(self, codecs, rows, weight, generator):
+        if not codecs:
+            return
+        largest = codecs[0]  # the ranks are in decreasing order: one basis serves all
+        largest.fit(rows, torch.from_numpy(weight), generator)
+        for codec in codecs[1:]:
+            codec.inner.components = largest.inner.components[: codec.inner.n_components]
+
+    def refit(self, codecs, rows, weight, members, generator):
+        if not codecs:
+            return False
+        chosen = np.any(members, axis=0)
+        if chosen.sum() <= codecs[0].inner.n_components:
+            return False
+        self.fit(codecs, rows, np.where(chosen, weight, 0.0), generator)
+        return True
+
+    def learned(self, codecs):
+        return {"components_": codecs[0].inner.components.cpu().numpy() if codecs else None}
+
+
+register_candidates("exact", ExactFamily())
+register_candidates("scalar", ScalarFamily())
+register_candidates("product", ProductFamily())
+register_candidates("low_rank", LowRankFamily())
+
+
+def measure(codec, family, rows, unit, n_rows):
+    """A :class:`Candidate`: the codec's costs in ``unit`` and every row's distance."""
+    n_features = rows.shape[1]
+    if codec.lossless:
+        distance = np.zeros(rows.shape[0])
+    else:
+        distance = (1 - row_cosine(rows, codec.reconstruct(rows))).double().numpy()
+    return Candidate(
+        codec,
+        family,
+        codec.row_size(n_features).in_unit(unit),
+        codec.fixed_size(n_rows, n_features).in_unit(unit),
+        distance,
+    )

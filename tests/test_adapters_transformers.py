@@ -16,6 +16,7 @@ from skdirection.adapters.transformers import (  # noqa: E402
     count_parameters,
     load_compressed,
     patch_embeddings,
+    patch_report,
     perplexity,
     save_compressed,
     token_counts,
@@ -146,20 +147,70 @@ def test_untied_model_targets(tiny_llama_untied, tiny_tokenizer):
     assert torch.equal(_logits(model, ids), before)
 
 
-@pytest.mark.parametrize("target", ["input", "both"])
-def test_save_and_load_give_identical_outputs(tiny_llama, tiny_tokenizer, tmp_path, target):
+@pytest.mark.parametrize("target", ["input", "output", "both"])
+def test_a_saved_folder_loads_alone_and_holds_no_original_matrix(
+    tiny_llama, tiny_tokenizer, tmp_path, target
+):
+    from safetensors import safe_open
+
+    model, ids = tiny_llama, _ids(tiny_tokenizer)
+    weight = model.get_input_embeddings().weight.detach().clone()
+    patch_embeddings(model, _svd(model), target=target)
+    expected = _logits(model, ids)
+    save_compressed(model, tmp_path, tokenizer=tiny_tokenizer)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", "table.safetensors", "patch.json"} <= names
+    assert "tokenizer.json" in names
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
+        kept = {name: handle.get_tensor(name) for name in handle.keys()}
+    holds_original = [n for n, t in kept.items() if t.shape == weight.shape]
+    # Only an untied head (input target) or input embedding (output target) keeps it.
+    assert (
+        holds_original
+        == {
+            "input": ["lm_head.weight"],
+            "both": [],
+            "output": ["model.embed_tokens.weight"],
+        }[target]
+    )
+
+    loaded = load_compressed(tmp_path)
+    assert torch.equal(_logits(loaded, ids), expected)
+    assert patch_report(loaded).target == target
+    with pytest.raises(ValueError, match="no original embedding"):
+        unpatch_embeddings(loaded)
+
+
+def test_a_saved_folder_patches_a_base_model_in_memory(
+    tiny_llama, tiny_tokenizer, tmp_path
+):
     from .conftest import _tiny_llama
 
     model, ids = tiny_llama, _ids(tiny_tokenizer)
-    patch_embeddings(model, _svd(model), target=target)
+    patch_embeddings(model, _svd(model), target="both")
     expected = _logits(model, ids)
     save_compressed(model, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["patch.json", "table.safetensors"]
-
     fresh = _tiny_llama(len(tiny_tokenizer))  # same seed: the same base model
-    report = load_compressed(fresh, tmp_path)
-    assert report.target == target
+    assert load_compressed(tmp_path, model=fresh) is fresh
     assert torch.equal(_logits(fresh, ids), expected)
+    unpatch_embeddings(fresh)  # an in-memory base model can be restored
+    with pytest.warns(FutureWarning, match="deprecated"):
+        report = load_compressed(fresh, tmp_path)  # the earlier argument order
+    assert report.target == "both"
+
+
+@pytest.mark.parametrize(
+    "missing", ["config.json", "model.safetensors", "table.safetensors"]
+)
+def test_a_folder_missing_a_file_is_named(tiny_llama, tmp_path, missing):
+    patch_embeddings(tiny_llama, _svd(tiny_llama))
+    save_compressed(tiny_llama, tmp_path)
+    (tmp_path / missing).unlink()
+    with pytest.raises(ValueError, match=f"lacks {missing}"):
+        load_compressed(tmp_path)
+    (tmp_path / "patch.json").write_text("{not json")
+    with pytest.raises(ValueError, match="patch.json cannot be read"):
+        load_compressed(tmp_path)
 
 
 def test_load_never_unpickles(tiny_llama, tmp_path, monkeypatch):
@@ -175,7 +226,9 @@ def test_load_never_unpickles(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "load", forbidden)
     monkeypatch.setattr(pickle, "loads", forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
-    load_compressed(tiny_llama, tmp_path)
+    load_compressed(tmp_path, model=tiny_llama)
+    unpatch_embeddings(tiny_llama)
+    load_compressed(tmp_path)
 
 
 def test_bad_inputs(tiny_llama, tiny_tokenizer):

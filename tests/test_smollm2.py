@@ -87,7 +87,9 @@ def test_smollm2_save_load_and_perplexity(smollm2, svd, tmp_path):
         unpatch_embeddings(model)
     assert compressed > baseline
 
-    load_compressed(model, tmp_path)  # the base model, as a fresh load would give it
+    loaded = load_compressed(tmp_path)  # from the folder alone
+    assert torch.equal(_logits(loaded, tokenizer), expected)
+    load_compressed(tmp_path, model=model)  # onto the base model in memory
     try:
         assert torch.equal(_logits(model, tokenizer), expected)
     finally:

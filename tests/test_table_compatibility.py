@@ -39,8 +39,10 @@ def test_a_saved_patch_loads_onto_its_base_model():
     model = AutoModelForCausalLM.from_pretrained(
         folder / "base", local_files_only=True
     ).eval()
-    report = load_compressed(model, folder)
-    assert report.target == "both"
+    assert load_compressed(folder, model=model) is model
+    assert model._skdirection_patch["target"] == "both"
+    with pytest.raises(ValueError, match="earlier save_compressed"):
+        load_compressed(folder)
     with torch.no_grad():
         logits = model(input_ids=torch.arange(40)[None]).logits
     np.testing.assert_array_equal(logits.numpy(), np.load(folder / "logits.npy"))

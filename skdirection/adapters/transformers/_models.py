@@ -126,3 +126,13 @@ def load_model(name):
         auto = AutoModel
     model = auto.from_pretrained(folder, local_files_only=True)
     return model.eval(), AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def model_class(architecture):
+    """The transformers model class named ``architecture`` (e.g. ``"LlamaForCausalLM"``)."""
+    import transformers
+
+    cls = getattr(transformers, str(architecture), None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise ValueError(f"{architecture!r} is not a transformers model class.")
+    return cls

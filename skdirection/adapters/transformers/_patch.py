@@ -7,7 +7,7 @@ import torch
 from ...codecs import CompressedTable
 from ...nn import count_parameters
 from ._models import embedding_matrix, input_embedding, output_embedding
-from ._probe import parameter_names, replacements
+from ._probe import check_patched, parameter_names, reference_output, replacements
 
 TARGETS = ("input", "output", "both")
 _PATCH_ATTR = "_skdirection_patch"
@@ -153,24 +153,25 @@ def patch_embeddings(model, compressor, target="input"):
         )
     table = _as_table(compressor, weight)
     plan = replacements(model, weight, head, table, target)
-
     params_before = count_parameters(model)
+    names = parameter_names(model, weight)
+    _apply_checked(model, plan, weight)
+    paths = {id(module): path for path, module in model.named_modules()}
     state = {
         "target": target,
         "replaced": [(parent, name, old) for parent, name, old, _ in plan],
+        "paths": sorted({".".join(filter(None, (paths[id(p)], n))) for p, n, *_ in plan}),
+        "restorable": True,
         "tied_keys": getattr(model, "all_tied_weights_keys", None),
     }
     if tied and state["tied_keys"] is not None:
         # Untie in the bookkeeping transformers reads when it re-ties weights; the
         # config's flag stays, since some models' forward reads it.
-        names = parameter_names(model, weight)
         model.all_tied_weights_keys = {
             key: source
             for key, source in state["tied_keys"].items()
             if key not in names and source not in names
         }
-    for parent, name, _, new in plan:
-        setattr(parent, name, new)
     report = PatchReport(
         target=target,
         untied_head=tied and target != "both",
@@ -186,6 +187,25 @@ def patch_embeddings(model, compressor, target="input"):
     # A plain attribute, not a submodule: the originals must not count as parameters.
     object.__setattr__(model, _PATCH_ATTR, state)
     return report
+
+
+def _apply_checked(model, plan, weight):
+    """Put the new modules in; take them out again and raise if the patched model does
+    not run on a few tokens or does not use them (see ``check_patched``)."""
+    was_training = model.training
+    model.eval()
+    try:
+        inputs, reference = reference_output(model, weight)
+        for parent, name, _, new in plan:
+            setattr(parent, name, new)
+        try:
+            check_patched(model, plan, inputs, reference)
+        except BaseException:
+            for parent, name, old, _ in plan:
+                setattr(parent, name, old)
+            raise
+    finally:
+        model.train(was_training)
 
 
 def patch_state(model):
@@ -211,6 +231,11 @@ def unpatch_embeddings(model):
     model : transformers.PreTrainedModel
     """
     state = patch_state(model)
+    if not state["restorable"]:
+        raise ValueError(
+            "the model was built from a compressed folder: it has no original embedding "
+            "to put back."
+        )
     for parent, name, old in state["replaced"]:
         setattr(parent, name, old)
     if state["tied_keys"] is not None:

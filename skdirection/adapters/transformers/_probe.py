@@ -143,3 +143,79 @@ def replacements(model, weight, head, table, target):
             continue
         plan.append((parent, name, child, new_modules[id(child)]))
     return plan
+
+
+def _probe_inputs(model, weight):
+    """A few token ids (and decoder ids for an encoder-decoder) to run the model on."""
+    ids = torch.arange(1, 5, device=weight.device) % weight.shape[0]
+    inputs = {"input_ids": ids[None]}
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        vocab = getattr(config, "decoder_vocab_size", None) or weight.shape[0]
+        inputs["decoder_input_ids"] = (torch.arange(1, 3, device=weight.device) % vocab)[
+            None
+        ]
+    return inputs
+
+
+def _probe_output(model, inputs):
+    with torch.no_grad():
+        out = model(**inputs)
+    for name in ("logits", "last_hidden_state"):
+        value = getattr(out, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    return out[0] if isinstance(out, tuple) else out
+
+
+def reference_output(model, weight):
+    """``(inputs, output)`` of the unpatched model on a few tokens, or a clear error
+    when the model cannot run on token ids alone."""
+    inputs = _probe_inputs(model, weight)
+    try:
+        return inputs, _probe_output(model, inputs)
+    except Exception as exc:  # noqa: BLE001 - the model's own failure, reported
+        raise ValueError(
+            f"{type(model).__name__} cannot run on token ids alone ({exc}); skdirection "
+            "checks every patch by running the model and refuses what it cannot check."
+        ) from None
+
+
+def check_patched(model, plan, inputs, reference):
+    """Run the patched model on the probe tokens and refuse a patch it does not use.
+
+    The new input embeddings are made to return zeros: if the output stays the same,
+    the forward never reads them (an encoder-decoder whose encoder and decoder keep
+    their own matrices); a replaced head must produce the logits' last dimension.
+    """
+    embeddings = [new for *_, new in plan if isinstance(new, CompressedEmbedding)]
+    heads = [new for *_, new in plan if isinstance(new, CompressedLMHead)]
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, out: torch.zeros_like(out))
+        for module in embeddings
+    ]
+    try:
+        output = _probe_output(model, inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure means a use we cannot replace
+        raise ValueError(
+            f"the patched {type(model).__name__} fails to run ({type(exc).__name__}: "
+            f"{exc}): it uses the embedding matrix in a way skdirection cannot replace, "
+            "so it refuses to patch it."
+        ) from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if embeddings and torch.equal(output, reference):
+        raise ValueError(
+            f"{type(model).__name__} does not read the input embedding that "
+            "get_input_embeddings() returns (its encoder and decoder may keep matrices "
+            "of their own): patching it would change nothing, so skdirection refuses."
+        )
+    for head in heads:
+        if output.shape[-1] != head.out_features:
+            raise ValueError(
+                f"get_output_embeddings() of {type(model).__name__} has "
+                f"{head.out_features} rows but the model gives {output.shape[-1]} "
+                "logits: it is not the vocabulary head, so skdirection refuses to "
+                "patch it."
+            )

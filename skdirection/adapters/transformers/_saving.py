@@ -68,6 +68,8 @@ def save_compressed(model, directory, tokenizer=None):
         "version": _VERSION,
         "target": state["target"],
         "architecture": type(model).__name__,
+        # Not kept in config.json, and numerics differ between implementations.
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
     }
     (directory / _PATCH_FILE).write_text(json.dumps(description, indent=2))
     return directory
@@ -150,7 +152,12 @@ def load_compressed(directory, model=None, *, dtype=None):
                 if description.get("version", 1) < _VERSION
                 else f"{directory} lacks {name}, which save_compressed writes."
             )
-    model = _skeleton(directory, description["architecture"], dtype)
+    model = _skeleton(
+        directory,
+        description["architecture"],
+        dtype,
+        description.get("attn_implementation"),
+    )
     patch_embeddings(model, _table(directory), description["target"])
     getattr(model, _PATCH_ATTR)["restorable"] = False
     return model.eval()
@@ -160,7 +167,7 @@ def _table(directory):
     return load_table(Path(directory) / _TABLE_FILE)
 
 
-def _skeleton(directory, architecture, dtype):
+def _skeleton(directory, architecture, dtype, attn_implementation):
     """The model built from the folder's config and kept weights; the replaced matrix,
     absent from the folder, is left as transformers initialises it."""
     from safetensors.torch import load_file
@@ -171,6 +178,8 @@ def _skeleton(directory, architecture, dtype):
     quiet.setLevel(logging.ERROR)  # "weights not initialized from the checkpoint": expected
     try:
         kwargs = {} if dtype is None else {"dtype": dtype}
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
         model = cls.from_pretrained(directory, local_files_only=True, **kwargs)
     finally:
         quiet.setLevel(level)

@@ -44,10 +44,13 @@ def _parser():
         help="compress a model's embedding at several ratios and measure the cost",
         description=textwrap.fill(
             "Fit each method at each ratio on the model's embedding matrix, put the "
-            "compressed table in the model, and measure perplexity (language models) or "
-            "the preservation of sentence similarities (encoders). One row per "
+            "compressed table in the model, and measure perplexity, the KL divergence "
+            "of the next-token distribution from the uncompressed model's and the "
+            "agreement of their top-1 predictions (language models), or the "
+            "preservation of sentence similarities (encoders). One row per "
             "(method, ratio), plus the uncompressed baseline; each row gives the achieved "
-            "ratio in parameters ('ratio') and in bytes ('bytes_ratio').",
+            "ratio in parameters ('ratio') and in bytes ('bytes_ratio'). A pair that "
+            "cannot be met gives a row whose note says why.",
             78,
         ),
         epilog=_methods_epilog(),

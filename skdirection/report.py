@@ -24,12 +24,15 @@ def machine_description(device="cpu"):
 
 
 def fixed_decimals(value):
-    """A number as the CLI prints it: four decimals, one from 1000 up; ``-`` for none."""
+    """A number as the CLI prints it: four decimals, one from 1000 up, three significant
+    digits below 0.01 (a KL divergence); ``-`` for none."""
     if value is None:
         return "-"
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
+        if 0 < abs(value) < 0.01:
+            return f"{value:.3g}"
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
     return str(value)
 
@@ -96,7 +99,13 @@ def plot_rows(rows, path, title=None, ratio_unit="params"):
     ratio = "bytes_ratio" if ratio_unit == "bytes" else "ratio"
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in dict.fromkeys(r["method"] for r in rows[1:]):
-        points = sorted((r[ratio], r[metric]) for r in rows if r["method"] == method)
+        points = sorted(
+            (r[ratio], r[metric])
+            for r in rows
+            if r["method"] == method and r[metric] is not None
+        )
+        if not points:
+            continue
         ax.plot(*zip(*points, strict=True), marker="o", label=method)
     ax.axhline(rows[0][metric], color="gray", linestyle="--", label="uncompressed")
     ax.set_xlabel(f"embedding compression ratio ({ratio_unit})")

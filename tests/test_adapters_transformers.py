@@ -509,3 +509,50 @@ def _dense_table(weight):
     from skdirection import DenseTable
 
     return DenseTable(weight.detach().clone())
+
+
+def test_meter_kl_divergence_and_top1_against_a_reference(tiny_llama, tiny_tokenizer):
+    from skdirection.adapters.transformers import LanguageModelMeter
+
+    model = tiny_llama
+    meter = LanguageModelMeter(
+        model, tiny_tokenizer, TEXT, max_length=32, stride=16, max_tokens=80, progress=False
+    )
+    assert "kl_divergence" not in meter()
+    baseline = meter.set_reference()
+    assert baseline["perplexity"] == pytest.approx(
+        perplexity(
+            model,
+            tiny_tokenizer,
+            TEXT,
+            max_length=32,
+            stride=16,
+            max_tokens=80,
+            progress=False,
+        ),
+        rel=1e-6,
+    )
+    same = meter()
+    assert same["kl_divergence"] == 0 and same["top1_agreement"] == 1
+    assert same["perplexity"] == pytest.approx(baseline["perplexity"], rel=1e-6)
+
+    ids = torch.as_tensor([tiny_tokenizer(TEXT)["input_ids"][:32]])
+    reference = torch.log_softmax(_logits(model, ids)[0, :-1], dim=-1)
+    patch_embeddings(model, _svd(model, k=2), target="both")
+    scores = meter()
+    changed = torch.log_softmax(_logits(model, ids)[0, :-1], dim=-1)
+    unpatch_embeddings(model)
+    assert scores["kl_divergence"] > 0 and scores["top1_agreement"] < 1
+    # The first window (tokens 1..31 scored with all their context) by brute force,
+    # against the meter's first 31 tokens.
+    direct = (reference.exp() * (reference - changed)).sum(dim=1)
+    first = LanguageModelMeter(
+        model, tiny_tokenizer, TEXT, max_length=32, stride=32, max_tokens=32, progress=False
+    )
+    first.set_reference()
+    patch_embeddings(model, _svd(model, k=2), target="both")
+    measured = first()
+    unpatch_embeddings(model)
+    assert measured["kl_divergence"] == pytest.approx(float(direct.mean()), rel=1e-4)
+    agreement = (reference.argmax(1) == changed.argmax(1)).float().mean()
+    assert measured["top1_agreement"] == pytest.approx(float(agreement))

@@ -125,21 +125,33 @@ def test_evaluate_errors(model_folder, tmp_path):
         main(["evaluate", "--model", str(folder), "--eval-text", str(empty)])
     with pytest.raises(SystemExit, match="neither"):
         main(["evaluate", "--model", str(tmp_path / "nope"), "--eval-text", str(text)])
-    with pytest.raises(SystemExit, match="too high"):
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(folder),
-                "--eval-text",
-                str(text),
-                "--quiet",
-                "--method",
-                "svd",
-                "--ratio",
-                "1000",
-            ]
-        )
+
+
+def test_a_pair_that_cannot_be_met_is_a_row_and_the_others_run(model_folder, capsys):
+    folder, text = model_folder
+    rows = _evaluate_json(
+        folder,
+        text,
+        capsys,
+        "--method",
+        "svd",
+        "--method",
+        "scalar",
+        "--ratio",
+        "1000",
+        "--ratio",
+        "4",
+        "--ratio-unit",
+        "bytes",
+    )
+    by_pair = {(r["method"], r["requested_ratio"]): r for r in rows[1:]}
+    assert set(by_pair) == {("svd", 1000), ("svd", 4), ("scalar", 1000), ("scalar", 4)}
+    for method in ("svd", "scalar"):
+        impossible, possible = by_pair[method, 1000], by_pair[method, 4]
+        assert "too high" in impossible["note"]
+        assert impossible["perplexity"] is None and impossible["ratio"] is None
+        assert possible["note"] is None and possible["perplexity"] > 1
+        assert possible["bytes_ratio"] >= 4
 
 
 def _evaluate_json(folder, text, capsys, *args):

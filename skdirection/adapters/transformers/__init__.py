@@ -15,7 +15,12 @@ skdirection`` never imports it.
 
 from ...nn import CompressedEmbedding, CompressedLMHead, count_parameters
 from ._evaluate import COLUMNS, evaluate
-from ._metrics import perplexity, sentence_embeddings, similarity_spearman
+from ._metrics import (
+    LanguageModelMeter,
+    perplexity,
+    sentence_embeddings,
+    similarity_spearman,
+)
 from ._models import MODELS, load_model
 from ._patch import TARGETS, PatchReport, patch_embeddings, patch_report, unpatch_embeddings
 from ._saving import load_compressed, save_compressed
@@ -27,6 +32,7 @@ __all__ = [
     "TARGETS",
     "CompressedEmbedding",
     "CompressedLMHead",
+    "LanguageModelMeter",
     "PatchReport",
     "count_parameters",
     "evaluate",

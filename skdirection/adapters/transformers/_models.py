@@ -7,7 +7,7 @@ import torch
 
 # Models that install by name: the CLI's --model names and their loaders in
 # skdirection.datasets.
-MODELS = {"smollm2": "load_smollm2", "minilm": "load_minilm"}
+MODELS = {"smollm2": "load_smollm2", "gemma3": "load_gemma3", "minilm": "load_minilm"}
 
 
 def input_embedding(model):

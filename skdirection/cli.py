@@ -90,14 +90,14 @@ def _parser():
     evaluate.add_argument("--target", choices=("input", "output", "both"), default="input")
     evaluate.add_argument(
         "--eval-text",
-        type=Path,
-        help="plain-text file to measure on (default: gensim's Wikipedia articles)",
+        help="plain-text file to measure on, or an installed corpus: 'wikipedia' "
+        "(gensim's Wikipedia articles, the default) or 'lee' (gensim's news stories)",
     )
     evaluate.add_argument(
         "--counts-text",
-        type=Path,
-        help="plain-text file whose token counts weight the fit (scalar quantization "
-        "cannot use them; default: every row the same weight)",
+        help="plain-text file (or 'lee', 'wikipedia') whose token counts weight the "
+        "fit; count on another text than the one measured (scalar quantization cannot "
+        "use them; default: every row the same weight)",
     )
     evaluate.add_argument(
         "--max-tokens",
@@ -129,7 +129,15 @@ def _parser():
     return parser
 
 
+# Texts that install with the package's dependencies (see skdirection.datasets).
+_CORPORA = {"wikipedia": "load_wikipedia_text", "lee": "load_lee_text"}
+
+
 def _read_text(path):
+    if path in _CORPORA:
+        from . import datasets
+
+        return getattr(datasets, _CORPORA[path])()
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
@@ -140,14 +148,11 @@ def _read_text(path):
 
 
 def _evaluate_command(args):
-    from . import datasets
     from .adapters.transformers import evaluate, load_model
 
     if args.max_tokens is not None and args.max_tokens < 2:
         raise SystemExit("skdirection: --max-tokens must be at least 2.")
-    eval_texts = (
-        _read_text(args.eval_text) if args.eval_text else datasets.load_wikipedia_text()
-    )
+    eval_texts = _read_text(args.eval_text or "wikipedia")
     counts_texts = _read_text(args.counts_text) if args.counts_text else None
     try:
         model, tokenizer = load_model(args.model)

@@ -320,3 +320,60 @@ def test_direction_method_trains_the_papers_way_and_fast_method_the_packages():
     assert paper.random_state == 1
     fast = METHODS["direction-fast"].build(49152, 576, 5.0, dict(DEFAULT_OPTIONS))
     assert fast.get_params()["init"] == "auto" and fast.n_components == paper.n_components
+
+
+def test_the_command_and_the_python_api_give_the_same_mix_for_the_same_counts(
+    model_folder, tiny_llama, tiny_tokenizer, tmp_path, capsys
+):
+    from skdirection import FrequencyMixedCompressor
+    from skdirection.adapters.transformers import token_counts
+    from skdirection.metrics import mean_cosine_similarity
+
+    folder, text = model_folder
+    counts_file = tmp_path / "counts.txt"
+    counts_text = "The fox runs . The dog sleeps while the birds sing ."
+    counts_file.write_text(counts_text)
+    rows = _evaluate_json(
+        folder,
+        text,
+        capsys,
+        "--method",
+        "mixed",
+        "--ratio",
+        "6",
+        "--ratio-unit",
+        "bytes",
+        "--counts-text",
+        str(counts_file),
+        "--seed",
+        "3",
+    )
+    matrix = tiny_llama.get_input_embeddings().weight.detach().numpy()
+    counts = token_counts(tiny_tokenizer, [counts_text], n_rows=len(matrix))
+    assert (counts == 0).any()  # rows the counting text never saw: floored in both paths
+    table = (
+        FrequencyMixedCompressor(6, random_state=3)
+        .fit(matrix, sample_weight=counts)
+        .compress(matrix)
+    )
+    assert rows[1]["bytes_ratio"] == pytest.approx(matrix.nbytes / table.n_bytes)
+    decoded = table.decode().numpy()
+    assert rows[1]["mean_cosine"] == pytest.approx(mean_cosine_similarity(matrix, decoded))
+
+
+def test_installed_corpora_by_name(model_folder, capsys):
+    folder, _ = model_folder
+    rows = _evaluate_json(
+        folder,
+        "lee",
+        capsys,
+        "--method",
+        "svd",
+        "--ratio",
+        "4",
+        "--max-tokens",
+        "64",
+        "--counts-text",
+        "wikipedia",
+    )
+    assert rows[0]["perplexity"] > 1 and rows[1]["perplexity"] > 1

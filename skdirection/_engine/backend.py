@@ -61,9 +61,10 @@ def torch_generator(random_state, device):
 
 
 def as_tensor(X, device, dtype=torch.float32):
-    """Rows of a numpy array (or memmap) as a tensor on ``device``."""
-    X = np.ascontiguousarray(X)
-    return torch.from_numpy(X).to(device=device, dtype=dtype)
+    """Rows of a numpy array (or memmap), or a tensor, as a tensor on ``device``."""
+    if not isinstance(X, torch.Tensor):
+        X = torch.from_numpy(np.ascontiguousarray(X))
+    return X.to(device=device, dtype=dtype)
 
 
 def map_rows(function, X, device, out_dtype, chunk_rows=None, dtype=torch.float32):
@@ -161,6 +162,8 @@ class RowSource:
                 handle.seek(offset + first * row_bytes)
                 rows = np.fromfile(handle, self.X.dtype, (last - first) * self.n_features)
             rows = rows.reshape(last - first, self.n_features)
+        elif isinstance(self.X, torch.Tensor):  # rows already on a device: sliced there
+            rows = self.X[first : max(first, last)]
         else:
             rows = np.ascontiguousarray(self.X[first : max(first, last)])
         if self.check_finite and not np.all(np.isfinite(rows)):

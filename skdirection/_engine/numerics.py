@@ -72,7 +72,7 @@ def weighted_sums(
             if with_gram:
                 gram += (rows.T @ rows).double()
             continue
-        w = torch.as_tensor(weight[start : start + rows.shape[0]]).to(device, dtype)
+        w = as_tensor(weight[start : start + rows.shape[0]], device, dtype)
         total += w.double().sum()
         sums += (w @ rows).double()
         if with_gram:

@@ -1,5 +1,7 @@
 """The codec interface: how rows are learned, stored, measured and sized."""
 
+import torch
+
 from ._table import NOTHING
 
 
@@ -72,6 +74,13 @@ class Codec:
     def stored_size(self, n_rows, n_features):
         """:class:`StoredSize` of the table of ``n_rows`` rows."""
         return self.row_size(n_features) * n_rows + self.fixed_size(n_rows, n_features)
+
+    def to(self, device):
+        """Move what the codec learned (its tensors, and inner codecs') to ``device``."""
+        for name, value in vars(self).items():
+            if isinstance(value, (torch.Tensor, Codec)):
+                setattr(self, name, value.to(device))
+        return self
 
     def __repr__(self):
         return f"{type(self).__name__}({self.name!r})"

@@ -1,10 +1,9 @@
 """Low rank: a latent code a row and a shared decoder. The tables, their size, and the
 projection codec over a weighted basis of the rows."""
 
-import numpy as np
 import torch
 
-from .._engine.backend import as_source
+from .._engine.backend import RowSource
 from .._engine.mlp import ACTIVATIONS, forward_layers
 from .._engine.numerics import top_eigenvectors, weighted_sums
 from ._codec import Codec
@@ -175,8 +174,7 @@ class LinearDecodedTable(CompressedTable):
 def weighted_basis(rows, weight, n_components):
     """Top right singular vectors ``(n_components, n_features)`` of the row-weighted
     rows (not centred): the eigenvectors of ``X.T @ diag(weight) @ X``, in float32."""
-    source = as_source(np.ascontiguousarray(rows.cpu().numpy()))
-    _, _, gram = weighted_sums(source, weight, torch.device("cpu"), torch.float64)
+    _, _, gram = weighted_sums(RowSource(rows), weight, rows.device, torch.float64)
     return top_eigenvectors(gram, n_components)[1].float()
 
 
@@ -216,14 +214,15 @@ class ProjectionCodec(Codec):
         return codec
 
     def encode(self, rows):
-        latent = rows @ self.components.T
+        components = self.components.to(rows.device)
         return LinearDecodedTable(
-            self.latent.encode(latent), self.components.to(self.basis_dtype)
+            self.latent.encode(rows @ components.T), components.to(self.basis_dtype)
         )
 
     def reconstruct(self, rows):
         # Decoded through the float32 basis, where the table stores basis_dtype.
-        return self.latent.reconstruct(rows @ self.components.T) @ self.components
+        components = self.components.to(rows.device)
+        return self.latent.reconstruct(rows @ components.T) @ components
 
     def row_size(self, n_features):
         return self.latent.row_size(self.n_components)

@@ -23,6 +23,8 @@ CLIP_RATIOS = tuple(1.0 - 0.05 * i for i in range(11))
 # for int4 per row and x1.267, x1.170, x1.162 for int2 in groups of 32.
 CLIP_ERROR_POWER = 8
 FLOAT16_MAX = 65504.0
+# Rows quantized at once: the clipping search holds a few float copies of them.
+_QUANTIZE_CHUNK = 8192
 
 
 def n_groups(n_features, group_size):
@@ -58,15 +60,32 @@ def quantize(X, bits, group_size, scale_dtype=torch.float16, clip_search=True):
     are computed, so decoding with the stored values reproduces exactly what was
     measured.
 
+    Rows are quantized a chunk at a time, so the search's working copies stay small
+    whatever the table's size.
+
     Returns
     -------
     codes : uint8 tensor of shape (n, n_features)
     scales, offsets : tensors of dtype ``scale_dtype``, shape (n, n_groups)
     """
+    pieces = [
+        _quantize_rows(
+            X[start : start + _QUANTIZE_CHUNK], bits, group_size, scale_dtype, clip_search
+        )
+        for start in range(0, X.shape[0], _QUANTIZE_CHUNK)
+    ]
+    if not pieces:
+        return _quantize_rows(X, bits, group_size, scale_dtype, clip_search)
+    return tuple(torch.cat(parts) for parts in zip(*pieces, strict=True))
+
+
+def _quantize_rows(X, bits, group_size, scale_dtype, clip_search):
     n, d = X.shape
     X = X.to(torch.float32)
     grouped = _grouped(X, group_size)
-    valid = torch.ones(n_groups(d, group_size) * group_size, dtype=torch.float32)
+    valid = torch.ones(
+        n_groups(d, group_size) * group_size, dtype=torch.float32, device=X.device
+    )
     valid[d:] = 0
     valid = valid.reshape(1, -1, group_size)
     lo, hi = grouped.amin(dim=2), grouped.amax(dim=2)
@@ -107,13 +126,13 @@ def pack_codes(codes, bits):
     if bits == 8:
         return codes.clone()
     n, d = codes.shape
-    shifts = torch.arange(bits - 1, -1, -1, dtype=torch.uint8)
+    shifts = torch.arange(bits - 1, -1, -1, dtype=torch.uint8, device=codes.device)
     bit_array = ((codes[..., None] >> shifts) & 1).reshape(n, d * bits)
     n_bytes = packed_row_bytes(d, bits)
     pad = n_bytes * 8 - d * bits
     if pad:
         bit_array = torch.cat([bit_array, bit_array.new_zeros(n, pad)], dim=1)
-    weights = (2 ** torch.arange(7, -1, -1)).to(torch.uint8)
+    weights = (2 ** torch.arange(7, -1, -1, device=codes.device)).to(torch.uint8)
     return (bit_array.reshape(n, n_bytes, 8) * weights).sum(dim=2, dtype=torch.uint8)
 
 

@@ -193,13 +193,22 @@ register_candidates("product", ProductFamily())
 register_candidates("low_rank", LowRankFamily())
 
 
+# Rows reconstructed at once when measuring a codec: bounded working memory.
+_MEASURE_CHUNK = 65536
+
+
 def measure(codec, family, rows, unit, n_rows):
     """A :class:`Candidate`: the codec's costs in ``unit`` and every row's distance."""
     n_features = rows.shape[1]
     if codec.lossless:
         distance = np.zeros(rows.shape[0])
     else:
-        distance = (1 - row_cosine(rows, codec.reconstruct(rows))).double().numpy()
+        distance = np.concatenate(
+            [
+                (1 - row_cosine(part, codec.reconstruct(part))).double().cpu().numpy()
+                for part in rows.split(_MEASURE_CHUNK)
+            ]
+        )
     return Candidate(
         codec,
         family,

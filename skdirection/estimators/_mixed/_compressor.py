@@ -8,8 +8,9 @@ from sklearn.base import _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
 
-from ..._engine.backend import torch_generator
+from ..._engine.backend import resolve_device, torch_generator
 from ...codecs import PartitionedTable
 from ...codecs.scalar import SUPPORTED_BITS
 from .._base import TableCompressor
@@ -78,8 +79,14 @@ class FrequencyMixedCompressor(TableCompressor):
         text, rows of weight zero cost x1.34 in perplexity at 8x fewer bytes, where
         the same counts plus one half cost x1.0045. ``0`` lets rows of weight zero
         take the cheapest codec.
+    device : str, default="auto"
+        Torch device of the fit (k-means, candidate errors, basis): ``"auto"`` (CUDA
+        when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Rows are processed in
+        chunks, so a 262144 x 640 table fits; the fitted codecs are kept on the CPU.
     random_state : int, RandomState instance or None, default=None
         Seeds the starting centroids of the codebooks' k-means.
+    verbose : int, default=0
+        Show a progress bar over the fit's stages.
 
     Attributes
     ----------
@@ -99,6 +106,8 @@ class FrequencyMixedCompressor(TableCompressor):
         Stored bytes (or parameters, with ``ratio_unit="params"``) of the table.
     ratio_ : float
         Achieved ratio in ``ratio_unit``.
+    device_ : str
+        Device the fit ran on.
     n_rows_ : int
         Rows of the fitted table.
     n_features_in_ : int
@@ -146,7 +155,9 @@ class FrequencyMixedCompressor(TableCompressor):
         "n_refits": [Interval(Integral, 0, None, closed="left")],
         "weight_power": [Interval(Real, 0, None, closed="left")],
         "weight_floor": [Interval(Real, 0, None, closed="left")],
+        "device": [str],
         "random_state": ["random_state"],
+        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -161,7 +172,9 @@ class FrequencyMixedCompressor(TableCompressor):
         n_refits=1,
         weight_power=0.5,
         weight_floor=0.5,
+        device="auto",
         random_state=None,
+        verbose=0,
     ):
         self.ratio = ratio
         self.ratio_unit = ratio_unit
@@ -172,7 +185,9 @@ class FrequencyMixedCompressor(TableCompressor):
         self.n_refits = n_refits
         self.weight_power = weight_power
         self.weight_floor = weight_floor
+        self.device = device
         self.random_state = random_state
+        self.verbose = verbose
 
     _fitted_marker = "assignment_"
 
@@ -224,33 +239,36 @@ class FrequencyMixedCompressor(TableCompressor):
         X = self._validate_rows(X, reset=True)
         weight = self._row_weight(sample_weight, X)
         n, d = X.shape
-        rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        device = resolve_device(self.device)
+        rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
         generator = torch_generator(check_random_state(self.random_state), "cpu")
         families = [
             (family, family.codecs(self, n, d)) for family in CANDIDATE_FAMILIES.values()
         ]
-        for family, codecs in families:
-            family.fit(codecs, rows, weight, generator)
-        candidates = self._measure(families, rows)
-        budget = n * d * (4 if self.ratio_unit == "bytes" else 1) / self.ratio
-        assignment = self._assign(candidates, weight, budget)
-        for _ in range(self.n_refits):
-            refitted = []
+        progress = tqdm(
+            total=2 + self.n_refits,
+            desc=type(self).__name__,
+            disable=not self.verbose,
+            leave=False,
+        )
+        with progress:
             for family, codecs in families:
-                members = [assignment == self._index(candidates, c) for c in codecs]
-                if family.refit(codecs, rows, weight, members, generator):
-                    refitted.append(family)
-            if not refitted:
-                break
-            candidates = [
-                measure(c.codec, c.family, rows, self.ratio_unit, n)
-                if c.family in refitted
-                else c
-                for c in candidates
-            ]
+                family.fit(codecs, rows, weight, generator)
+            progress.update()
+            candidates = self._measure(families, rows)
+            budget = n * d * (4 if self.ratio_unit == "bytes" else 1) / self.ratio
             assignment = self._assign(candidates, weight, budget)
+            progress.update()
+            for _ in range(self.n_refits):
+                candidates, assignment, changed = self._refit(
+                    families, candidates, assignment, rows, weight, budget, generator
+                )
+                progress.update()
+                if not changed:
+                    break
 
-        self._candidate_codecs = [c.codec for c in candidates]
+        self._candidate_codecs = [c.codec.to("cpu") for c in candidates]
+        self.device_ = str(device)
         self.codecs_ = [c.name for c in candidates]
         self.assignment_ = assignment
         for family, codecs in families:
@@ -275,6 +293,26 @@ class FrequencyMixedCompressor(TableCompressor):
             for codec in codecs
         ]
         return sorted(candidates, key=lambda c: -c.row_cost)
+
+    def _refit(self, families, candidates, assignment, rows, weight, budget, generator):
+        """Refit the codecs on the rows that chose them and assign again; ``changed``
+        is whether the assignment moved."""
+        refitted = []
+        for family, codecs in families:
+            members = [assignment == self._index(candidates, c) for c in codecs]
+            if family.refit(codecs, rows, weight, members, generator):
+                refitted.append(family)
+        if not refitted:
+            return candidates, assignment, False
+        n = rows.shape[0]
+        candidates = [
+            measure(c.codec, c.family, rows, self.ratio_unit, n)
+            if c.family in refitted
+            else c
+            for c in candidates
+        ]
+        new = self._assign(candidates, weight, budget)
+        return candidates, new, not np.array_equal(new, assignment)
 
     @staticmethod
     def _index(candidates, codec):

@@ -106,30 +106,37 @@ def spacy_vectors():
     return np.load(folder / "vectors").astype(np.float32)
 
 
-def perplexity_meter(model, tokenizer, texts, max_tokens, stride=None):
+def lm_meter(model, tokenizer, texts, max_tokens, stride=None):
     """``measure(table=None, target="input")``: the model's perplexity on the first
-    ``max_tokens`` tokens of ``texts``, with ``table`` patched in as ``target`` (the
-    model is restored afterwards) or unpatched."""
+    ``max_tokens`` tokens of ``texts`` and, against the uncompressed model (measured by
+    the first call), the KL divergence of its next-token distributions and their top-1
+    agreement, with ``table`` patched in as ``target`` (the model is restored
+    afterwards) or unpatched."""
     from skdirection.adapters.transformers import (
+        LanguageModelMeter,
         patch_embeddings,
-        perplexity,
         unpatch_embeddings,
     )
 
+    meter = LanguageModelMeter(
+        model, tokenizer, texts, max_tokens=max_tokens, stride=stride, progress=False
+    )
+
     def measure(table=None, target="input"):
+        if meter.reference is None:
+            meter.set_reference()
         if table is not None:
             patch_embeddings(model, table, target=target)
         try:
-            return perplexity(
-                model,
-                tokenizer,
-                texts,
-                max_tokens=max_tokens,
-                stride=stride,
-                progress=False,
-            )
+            return meter()
         finally:
             if table is not None:
                 unpatch_embeddings(model)
 
     return measure
+
+
+def perplexity_meter(model, tokenizer, texts, max_tokens, stride=None):
+    """Like :func:`lm_meter`, perplexity only."""
+    measure = lm_meter(model, tokenizer, texts, max_tokens, stride)
+    return lambda table=None, target="input": measure(table, target)["perplexity"]

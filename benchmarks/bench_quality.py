@@ -1,5 +1,7 @@
-"""Quality against size: SmolLM2-135M's perplexity with a compressed embedding, and
-nearest-neighbour overlap on spaCy's word vectors, for every method at its stored bytes.
+"""Quality against size: a language model's perplexity, KL divergence from the original's
+next-token distribution and top-1 agreement with a compressed embedding (SmolLM2-135M,
+or Gemma 3 270M with ``--model gemma3``), and nearest-neighbour overlap on spaCy's word
+vectors, for every method at its stored bytes.
 
 Token counts (the ``sample_weight`` of the frequency-aware methods) come from gensim's
 Lee news corpus plus its Wikipedia slice; perplexity is measured on a different source,
@@ -8,9 +10,11 @@ Everything installs by name; nothing comes from a model hub.
 
     python benchmarks/bench_quality.py                 # input target, every method
     python benchmarks/bench_quality.py --both --spacy  # + tied input/output, word vectors
+    python benchmarks/bench_quality.py --model gemma3 --tokens 2048 --only scalar-g32,pq
 
-Prints the tables and the machine; writes ``benchmarks/results/quality_lm.csv``,
-``quality_spacy.csv`` and ``quality_lm.png`` (perplexity ratio against bytes ratio).
+Prints the tables and the machine; writes ``benchmarks/results/quality_lm_<model>.csv``,
+``quality_spacy.csv`` and ``quality_lm_<model>.png`` (perplexity ratio against bytes
+ratio).
 """
 
 import argparse
@@ -25,8 +29,8 @@ from _common import (  # noqa: E402
     RESULTS,
     format_table,
     hamlet_text,
+    lm_meter,
     machine_description,
-    perplexity_meter,
     spacy_vectors,
     timed,
     write_csv,
@@ -52,8 +56,11 @@ LM_COLUMNS = [
     "weighted_cosine",
     "perplexity",
     "perplexity_ratio",
+    "kl_divergence",
+    "top1_agreement",
     "fit_seconds",
 ]
+TITLES = {"smollm2": "SmolLM2-135M", "gemma3": "Gemma 3 270M"}
 SPACY_COLUMNS = ["target_ratio", "method", "bytes_ratio", "mean_cosine", "overlap10"]
 SCALAR = ((8, None), (4, 32), (3, 32), (2, 32), (4, None), (3, None), (2, None))
 # Families whose tied input/output version (--both) is measured too.
@@ -139,17 +146,18 @@ def fit_and_compress(estimator, X, weight):
 
 
 def run_lm(args):
+    from skdirection import datasets
     from skdirection.adapters.transformers import token_counts
-    from skdirection.datasets import load_lee_text, load_smollm2, load_wikipedia_text
+    from skdirection.datasets import load_lee_text, load_wikipedia_text
 
-    model, tokenizer = load_smollm2()
+    model, tokenizer = getattr(datasets, f"load_{args.model}")()
     X = model.get_input_embeddings().weight.detach().numpy().copy()
     n, d = X.shape
     # Raw counts: the mix floors rows the counting text never saw (weight_floor).
     counts = token_counts(tokenizer, load_lee_text() + load_wikipedia_text(), n)
-    measure = perplexity_meter(model, tokenizer, hamlet_text(), args.tokens, args.stride)
+    measure = lm_meter(model, tokenizer, hamlet_text(), args.tokens, args.stride)
 
-    base = measure()
+    base = measure()["perplexity"]
     rows = [
         dict(
             method="original",
@@ -161,6 +169,8 @@ def run_lm(args):
             weighted_cosine=1.0,
             perplexity=base,
             perplexity_ratio=1.0,
+            kl_divergence=0.0,
+            top1_agreement=1.0,
             fit_seconds=0.0,
         )
     ]
@@ -171,7 +181,8 @@ def run_lm(args):
             decoded = table.decode().float().numpy()
         targets = ("input", "both") if args.both and family in BOTH_FAMILIES else ("input",)
         for target in targets:
-            value = measure(table, target)
+            scores = measure(table, target)
+            value = scores["perplexity"]
             rows.append(
                 dict(
                     method=name,
@@ -183,6 +194,8 @@ def run_lm(args):
                     weighted_cosine=mean_cosine_similarity(X, decoded, counts),
                     perplexity=value,
                     perplexity_ratio=value / base,
+                    kl_divergence=scores["kl_divergence"],
+                    top1_agreement=scores["top1_agreement"],
                     fit_seconds=seconds,
                 )
             )
@@ -193,7 +206,7 @@ def run_lm(args):
                 },
                 flush=True,
             )
-            write_csv(rows, LM_COLUMNS, RESULTS / "quality_lm.csv")
+            write_csv(rows, LM_COLUMNS, RESULTS / f"quality_lm_{args.model}.csv")
     return rows
 
 
@@ -265,7 +278,7 @@ def run_spacy():
     return rows
 
 
-def plot(rows, path):
+def plot(rows, path, title):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -283,7 +296,7 @@ def plot(rows, path):
     ax.set_yscale("log")
     ax.set_xlabel("bytes ratio (float32 bytes / stored bytes)")
     ax.set_ylabel("perplexity ratio")
-    ax.set_title("SmolLM2-135M input embedding; counts: Lee + Wikipedia; text: Hamlet")
+    ax.set_title(f"{title} input embedding; counts: Lee + Wikipedia; text: Hamlet")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -301,6 +314,13 @@ def main():
         "--spacy", action="store_true", help="also run spaCy's word vectors"
     )
     parser.add_argument("--no-lm", action="store_true", help="skip the language model")
+    parser.add_argument(
+        "--model",
+        choices=("smollm2", "gemma3"),
+        default="smollm2",
+        help="the language model: SmolLM2-135M, or Gemma 3 270M (its 262144-token "
+        "vocabulary makes the KL reference 1 GiB a 1000 tokens: use --tokens 2048)",
+    )
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--stride", type=int, default=1024)
     parser.add_argument("--bytes-ratios", type=float, nargs="*", default=[8, 10, 16, 32])
@@ -314,11 +334,11 @@ def main():
     if not args.no_lm:
         rows = run_lm(args)
         print(
-            f"\nSmolLM2-135M; counts: gensim Lee + Wikipedia; perplexity: Hamlet, "
+            f"\n{TITLES[args.model]}; counts: gensim Lee + Wikipedia; perplexity: Hamlet, "
             f"{args.tokens} tokens, window 1024, stride {args.stride}"
         )
         print(format_table(rows, LM_COLUMNS))
-        plot(rows, RESULTS / "quality_lm.png")
+        plot(rows, RESULTS / f"quality_lm_{args.model}.png", TITLES[args.model])
     if args.spacy:
         rows = run_spacy()
         write_csv(rows, SPACY_COLUMNS, RESULTS / "quality_spacy.csv")

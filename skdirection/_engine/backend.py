@@ -67,6 +67,11 @@ def as_tensor(X, device, dtype=torch.float32):
     return X.to(device=device, dtype=dtype)
 
 
+def float32_rows(X, device="cpu"):
+    """Validated rows (a numpy array) as a contiguous float32 tensor on ``device``."""
+    return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+
+
 def map_rows(function, X, device, out_dtype, chunk_rows=None, dtype=torch.float32):
     """Apply a torch function to the rows of ``X`` chunk by chunk; return numpy.
 

@@ -2,14 +2,18 @@
 
 from numbers import Integral
 
-import numpy as np
 import torch
 from sklearn.base import _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .._engine.backend import inference_device, resolve_device, torch_generator
+from .._engine.backend import (
+    float32_rows,
+    inference_device,
+    resolve_device,
+    torch_generator,
+)
 from .._engine.numerics import unit_rows
 from ..codecs import NormScaledCodec, ProductCodec
 from ..codecs.product import MAX_CENTROIDS, decode_blocks, encode_blocks, n_blocks
@@ -162,7 +166,7 @@ class ProductQuantizer(BaseCompressor):
         X = self._validate_rows(X, reset=True)
         weight = self._check_sample_weight(sample_weight, X)
         d = X.shape[1]
-        rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+        rows = float32_rows(X, device)
         generator = torch_generator(check_random_state(self.random_state), "cpu")
         codec = self._codec()
         codec.fit(rows, None if weight is None else torch.from_numpy(weight), generator)
@@ -187,7 +191,7 @@ class ProductQuantizer(BaseCompressor):
 
     def _codes_and_norms(self, X):
         device = inference_device(self.device)
-        rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+        rows = float32_rows(X, device)
         rows, norms = unit_rows(rows) if self.keep_norms else (rows, None)
         codes = encode_blocks(rows, torch.from_numpy(self.codebooks_).to(device))
         return codes.cpu(), None if norms is None else norms.half().cpu()
@@ -204,7 +208,7 @@ class ProductQuantizer(BaseCompressor):
         return encoded.numpy().astype(source.dtype, copy=False)
 
     def _decode(self, codes):
-        values = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))
+        values = float32_rows(codes)
         block_codes = values[:, : self.n_blocks_]
         if block_codes.numel() and (
             block_codes.min() < 0
@@ -237,5 +241,5 @@ class ProductQuantizer(BaseCompressor):
         """
         check_is_fitted(self)
         X = self._validate_rows(X, reset=False)
-        rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        rows = float32_rows(X)
         return self._codec(torch.from_numpy(self.codebooks_)).encode(rows)

@@ -8,6 +8,7 @@ from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from .._engine.backend import float32_rows
 from ..codecs.scalar import FLOAT16_MAX, SUPPORTED_BITS, ScalarCodec, dequantize, n_groups
 from ._base import BaseCompressor
 
@@ -154,7 +155,7 @@ class ScalarQuantizer(BaseCompressor):
 
     def _decode(self, codes):
         d, g = self.n_features_in_, self.n_groups_
-        values = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))
+        values = float32_rows(codes)
         rows = dequantize(
             values[:, :d], values[:, d : d + g], values[:, d + g :], self.group_size_
         )

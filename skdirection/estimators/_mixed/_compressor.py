@@ -10,7 +10,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ..._engine.backend import resolve_device, torch_generator
+from ..._engine.backend import float32_rows, resolve_device, torch_generator
 from ...codecs import PartitionedTable
 from ...codecs.scalar import SUPPORTED_BITS
 from .._base import TableCompressor
@@ -240,7 +240,7 @@ class FrequencyMixedCompressor(TableCompressor):
         weight = self._row_weight(sample_weight, X)
         n, d = X.shape
         device = resolve_device(self.device)
-        rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+        rows = float32_rows(X, device)
         generator = torch_generator(check_random_state(self.random_state), "cpu")
         families = [
             (family, family.codecs(self, n, d)) for family in CANDIDATE_FAMILIES.values()
@@ -362,7 +362,7 @@ class FrequencyMixedCompressor(TableCompressor):
                 f"X has {X.shape[0]} rows but the codecs were assigned to the "
                 f"{self.n_rows_} rows of the fitted table."
             )
-        rows = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        rows = float32_rows(X)
         used = np.unique(self.assignment_)
         parts = [
             self._candidate_codecs[k].encode(rows[torch.from_numpy(self.assignment_ == k)])

@@ -50,7 +50,8 @@ def _parser():
             "preservation of sentence similarities (encoders). One row per "
             "(method, ratio), plus the uncompressed baseline; each row gives the achieved "
             "ratio in parameters ('ratio') and in bytes ('bytes_ratio'). A pair that "
-            "cannot be met gives a row whose note says why.",
+            "cannot be met gives a row whose note says why; when none can, the command "
+            "exits with the reasons.",
             78,
         ),
         epilog=_methods_epilog(),
@@ -187,6 +188,10 @@ def _evaluate_command(args):
         )
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"skdirection: {exc}") from None
+    notes = [row["note"] for row in rows[1:]]
+    if all(notes):
+        # Nothing was measured: the notes are the whole answer, and the exit status says so.
+        raise SystemExit("\n".join(f"skdirection: {note}" for note in dict.fromkeys(notes)))
     print(format_rows(rows, args.format))
     if args.plot:
         plot_rows(

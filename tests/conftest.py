@@ -96,3 +96,14 @@ def smollm2():
         return load_smollm2()
     except ImportError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """all-MiniLM-L6-v2 (the encoder) and its tokenizer, loaded once (a few seconds)."""
+    from skdirection.datasets import load_minilm
+
+    try:
+        return load_minilm()
+    except ImportError as exc:
+        pytest.skip(str(exc))

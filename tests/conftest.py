@@ -1,5 +1,7 @@
 """Shared fixtures: tiny models built from configs, and the real models loaded once."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,11 @@ TEXT = (
     "Perplexity measures how surprised a language model is by a text . "
     "The dog sleeps while the fox runs into the forest and the birds sing . "
 ) * 3
+
+
+def names(path, message):
+    """A ``pytest.raises(match=...)`` pattern: ``message``, after the path it is about."""
+    return re.escape(str(path)) + ".*" + re.escape(message)
 
 
 @pytest.fixture

@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-
-from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor  # noqa: E402
-from skdirection.adapters.transformers import (  # noqa: E402
+from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor
+from skdirection.adapters.transformers import (
     CompressedEmbedding,
     CompressedLMHead,
     count_parameters,
@@ -22,7 +20,9 @@ from skdirection.adapters.transformers import (  # noqa: E402
     unpatch_embeddings,
 )
 
-from .conftest import TEXT  # noqa: E402
+from .conftest import TEXT
+
+pytestmark = pytest.mark.transformers
 
 K = 4
 

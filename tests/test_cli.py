@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-pytest.importorskip("transformers")
+from skdirection.cli import main
+from skdirection.presets import build_compressor, low_rank_components
 
-from skdirection.cli import main  # noqa: E402
-from skdirection.presets import build_compressor, low_rank_components  # noqa: E402
+from .conftest import TEXT
 
-from .conftest import TEXT  # noqa: E402
+pytestmark = pytest.mark.transformers
 
 
 @pytest.fixture
@@ -249,6 +249,7 @@ def test_auto_and_mixed_meet_the_ratio(model_folder, capsys):
         assert rows[2][key] == rows[4][key]
 
 
+@pytest.mark.slow
 def test_impossible_ratios_exit_with_one_line(model_folder, capsys):
     folder, text = model_folder
     with pytest.raises(SystemExit, match="no parameters ratio.*--ratio-unit bytes"):

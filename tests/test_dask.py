@@ -7,7 +7,7 @@ from sklearn.model_selection import GridSearchCV
 
 from skdirection import DirectionAutoEncoder
 
-pytestmark = pytest.mark.dask
+pytestmark = [pytest.mark.dask, pytest.mark.slow]
 
 
 def test_grid_search_runs_on_both_workers_of_a_local_dask_cluster(embeddings):

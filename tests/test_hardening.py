@@ -199,6 +199,7 @@ _FIT_IN_A_FRESH_PROCESS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_same_seed_same_model_in_a_fresh_process(embeddings, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

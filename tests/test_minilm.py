@@ -29,6 +29,7 @@ SENTENCES = [
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_load_minilm_gives_the_encoder_and_its_tokenizer(minilm):
     from transformers import BertModel
 
@@ -40,6 +41,7 @@ def test_load_minilm_gives_the_encoder_and_its_tokenizer(minilm):
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_sentence_embeddings_are_unit_mean_pooled_and_ignore_padding(minilm):
     model, tokenizer = minilm
     embeddings = sentence_embeddings(model, tokenizer, SENTENCES, batch_size=4)
@@ -102,6 +104,7 @@ def test_split_sentences():
 
 
 @pytest.mark.model
+@pytest.mark.slow
 @pytest.mark.transformers
 def test_evaluate_minilm_from_the_command_line(minilm, tmp_path, capsys):
     from skdirection.cli import main

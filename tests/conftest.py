@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny models built from configs, and the real models loaded once."""
+"""Shared fixtures: tiny models built from configs, and the real models loaded once;
+and the rule that in CI a test needing a real part may not skip."""
+
+import os
+import re
 
 import numpy as np
 import pytest
@@ -9,6 +13,74 @@ TEXT = (
     "Perplexity measures how surprised a language model is by a text . "
     "The dog sleeps while the fox runs into the forest and the birds sing . "
 ) * 3
+
+
+# A test marked with one of these needs a part CI must run: the real models (installed by
+# name), dask.distributed, transformers. Locally it skips when the part is missing; in
+# CI (CI=true) that skip is a failure, so CI cannot pass without running it.
+REQUIRED_IN_CI = ("model", "dask", "transformers")
+_MODULE_OF_MARKER = {"dask": "distributed", "transformers": "transformers"}
+# Fixtures that need such a part mark every test that uses them.
+_MARKER_OF_FIXTURE = {
+    "smollm2": "model",
+    "minilm": "model",
+    "gemma3": "model",
+    "tiny_tokenizer": "transformers",
+}
+
+
+def _in_ci():
+    return os.environ.get("CI") == "true"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, marker in _MARKER_OF_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+
+
+def pytest_runtest_setup(item):
+    for marker, module in _MODULE_OF_MARKER.items():
+        if item.get_closest_marker(marker) is not None:
+            pytest.importorskip(module)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.skipped and _in_ci() and not hasattr(report, "wasxfail"):
+        needs = [m for m in REQUIRED_IN_CI if item.get_closest_marker(m) is not None]
+        if needs:
+            reason = report.longrepr
+            reason = reason[2] if isinstance(reason, tuple) else str(reason)
+            reason = reason.removeprefix("Skipped: ")
+            report.outcome = "failed"
+            report.longrepr = (
+                f"skipped in CI (CI=true), but marked {', '.join(needs)}: CI must run "
+                f"it. The skip: {reason}"
+            )
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    report = yield
+    if report.skipped and _in_ci() and isinstance(collector, pytest.Module):
+        reason = report.longrepr
+        reason = reason[2] if isinstance(reason, tuple) else str(reason)
+        reason = reason.removeprefix("Skipped: ")
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{collector.path.name} was skipped whole in CI (CI=true): mark what it "
+            f"needs ({', '.join(REQUIRED_IN_CI)}) instead. The skip: {reason}"
+        )
+    return report
+
+
+def names(path, message):
+    """A ``pytest.raises(match=...)`` pattern: ``message``, after the path it is about."""
+    return re.escape(str(path)) + ".*" + re.escape(message)
 
 
 @pytest.fixture
@@ -23,7 +95,6 @@ def embeddings():
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A word-level fast tokenizer over the words of TEXT, with BERT's special tokens."""
-    pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -106,5 +177,16 @@ def gemma3():
 
     try:
         return load_gemma3()
+    except ImportError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """all-MiniLM-L6-v2 (the encoder) and its tokenizer, loaded once (a few seconds)."""
+    from skdirection.datasets import load_minilm
+
+    try:
+        return load_minilm()
     except ImportError as exc:
         pytest.skip(str(exc))

@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-
-from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor  # noqa: E402
-from skdirection.adapters.transformers import (  # noqa: E402
+from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor
+from skdirection.adapters.transformers import (
     CompressedEmbedding,
     CompressedLMHead,
     count_parameters,
@@ -23,7 +21,9 @@ from skdirection.adapters.transformers import (  # noqa: E402
     unpatch_embeddings,
 )
 
-from .conftest import TEXT  # noqa: E402
+from .conftest import TEXT
+
+pytestmark = pytest.mark.transformers
 
 K = 4
 
@@ -229,6 +229,25 @@ def test_load_never_unpickles(tiny_llama, tmp_path, monkeypatch):
     load_compressed(tmp_path, model=tiny_llama)
     unpatch_embeddings(tiny_llama)
     load_compressed(tmp_path)
+
+
+def test_load_errors_name_the_file(tiny_llama, tmp_path):
+    from .conftest import names
+
+    with pytest.raises(ValueError, match=names(tmp_path, "holds no readable patch.json")):
+        load_compressed(tiny_llama, tmp_path)
+    patch_embeddings(tiny_llama, _svd(tiny_llama))
+    save_compressed(tiny_llama, tmp_path)
+    unpatch_embeddings(tiny_llama)
+    table = tmp_path / "table.safetensors"
+    table.write_bytes(table.read_bytes()[:100])
+    with pytest.raises(ValueError, match=names(table, "not a readable safetensors file")):
+        load_compressed(tiny_llama, tmp_path)
+    patch = tmp_path / "patch.json"
+    patch.write_text('{"format": "something-else"}')
+    with pytest.raises(ValueError, match=names(patch, "is not an skdirection patch")):
+        load_compressed(tiny_llama, tmp_path)
+    assert getattr(tiny_llama, "_skdirection_patch", None) is None
 
 
 def test_bad_inputs(tiny_llama, tiny_tokenizer):

@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-pytest.importorskip("transformers")
+from skdirection.cli import main
+from skdirection.presets import build_compressor, low_rank_components
 
-from skdirection.cli import main  # noqa: E402
-from skdirection.presets import build_compressor, low_rank_components  # noqa: E402
+from .conftest import TEXT
 
-from .conftest import TEXT  # noqa: E402
+pytestmark = pytest.mark.transformers
 
 
 @pytest.fixture
@@ -201,6 +201,38 @@ def test_scalar_in_bytes(model_folder, capsys):
     assert [round(r["bytes_ratio"], 2) for r in rows[1:]] == [3.56, 6.4, 10.67]
 
 
+@pytest.mark.parametrize("target", ["output", "both"])
+@pytest.mark.parametrize(
+    "method, unit, ratio", [("svd", "params", "4"), ("scalar", "bytes", "10")]
+)
+def test_output_and_both_measure_the_model_with_the_decoded_table(
+    model_folder, capsys, target, method, unit, ratio
+):
+    """The perplexity reported for a patched head is the perplexity of the same model
+    with a plain head holding the decoded table (and, for 'both', the same input)."""
+    import torch
+
+    from skdirection.adapters.transformers import load_model, perplexity
+
+    folder, text = model_folder
+    args = ["--method", method, "--ratio-unit", unit, "--ratio", ratio, "--target", target]
+    rows = _evaluate_json(folder, text, capsys, *args)
+
+    model, tokenizer = load_model(str(folder))
+    weight = model.get_input_embeddings().weight.detach().numpy().copy()
+    options = {"device": "cpu", "ratio_unit": unit}
+    compressor = build_compressor(method, *weight.shape, float(ratio), options)
+    with torch.no_grad():
+        decoded = compressor.fit(weight).compress(weight).decode()
+    model.get_output_embeddings().weight = torch.nn.Parameter(decoded.clone())
+    if target == "both":
+        model.get_input_embeddings().weight = torch.nn.Parameter(decoded.clone())
+    expected = perplexity(model, tokenizer, [TEXT], progress=False)
+    assert rows[1]["target"] == target
+    assert rows[1]["perplexity"] == pytest.approx(expected, rel=1e-5)
+    assert rows[1]["perplexity"] != pytest.approx(rows[0]["perplexity"], rel=1e-3)
+
+
 def test_auto_and_mixed_meet_the_ratio(model_folder, capsys):
     folder, text = model_folder
     rows = _evaluate_json(
@@ -229,6 +261,7 @@ def test_auto_and_mixed_meet_the_ratio(model_folder, capsys):
         assert rows[2][key] == rows[4][key]
 
 
+@pytest.mark.slow
 def test_impossible_ratios_exit_with_one_line(model_folder, capsys):
     folder, text = model_folder
     with pytest.raises(SystemExit, match="no parameters ratio.*--ratio-unit bytes"):

@@ -12,6 +12,8 @@ import pytest
 
 from skdirection import DirectionAutoEncoder
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 # Full batch on each process: the 2-process step averages the gradients of the two
 # 150-row halves, which is the gradient of the 300-row mean of the 1-process fit.
@@ -32,6 +34,7 @@ def _free_port():
 
 
 def _torchrun(table, output, *args):
+    """Run the ``skdirection.distributed`` command in 2 processes; the fitted model."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -54,14 +57,16 @@ def _torchrun(table, output, *args):
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
+    return joblib.load(output)
 
 
 @pytest.mark.parametrize("init", ["svd"])
 def test_two_processes_match_one(embeddings, tmp_path, init):
     np.save(tmp_path / "table.npy", embeddings)
     sets = [f"--set={name}={value!r}" for name, value in {**PARAMS, "init": init}.items()]
-    _torchrun(tmp_path / "table.npy", tmp_path / "model.joblib", "--n-components=4", *sets)
-    parallel = joblib.load(tmp_path / "model.joblib")
+    parallel = _torchrun(
+        tmp_path / "table.npy", tmp_path / "model.joblib", "--n-components=4", *sets
+    )
     single = DirectionAutoEncoder(4, init=init, **PARAMS).fit(embeddings)
     assert parallel.n_iter_ == single.n_iter_ == 6
     # Same mathematics, other float summation order: Adam's steps are at most the
@@ -75,3 +80,69 @@ def test_two_processes_match_one(embeddings, tmp_path, init):
         atol=1e-3,
     )
     assert parallel.score(embeddings) == pytest.approx(single.score(embeddings), abs=1e-5)
+
+
+# 301 rows: shards of 151 rows, the second padded with one zero-weight row.
+UNEVEN = dict(
+    max_iter=6,
+    n_iter_no_change=None,
+    learning_rate=1e-2,
+    init="random",
+    device="cpu",
+    random_state=0,
+)
+
+
+@pytest.fixture
+def uneven(tmp_path):
+    """A 301-row table and row weights, saved; the arrays and the two paths."""
+    rng = np.random.RandomState(0)
+    basis = rng.normal(size=(6, 24))
+    X = rng.normal(size=(301, 6)) @ basis + 0.1 * rng.normal(size=(301, 24))
+    X = (X * rng.uniform(0.5, 2.0, size=(301, 1))).astype(np.float32)
+    weight = rng.uniform(0.2, 3.0, size=301)
+    np.save(tmp_path / "table.npy", X)
+    np.save(tmp_path / "weight.npy", weight)
+    return X, weight, tmp_path / "table.npy", tmp_path / "weight.npy"
+
+
+def _two_processes(uneven, batch_size):
+    _, _, table, weight = uneven
+    params = {**UNEVEN, "batch_size": batch_size}
+    sets = [f"--set={name}={value!r}" for name, value in params.items()]
+    output = table.with_name("model.joblib")
+    return _torchrun(table, output, "--n-components=4", f"--sample-weight={weight}", *sets)
+
+
+def _one_process(uneven, batch_size):
+    X, weight, _, _ = uneven
+    model = DirectionAutoEncoder(4, batch_size=batch_size, **UNEVEN)
+    return model.fit(X, sample_weight=weight)
+
+
+def test_uneven_weighted_shards_at_full_batch_match_one_process(uneven):
+    """Each process's full batch (151 rows, one of them padding) averages to the
+    301-row gradient, and ``loss_curve_`` is the mean over the 301 real rows."""
+    parallel = _two_processes(uneven, batch_size=151)
+    single = _one_process(uneven, batch_size=301)
+    # Counting the padding row would bias every epoch's loss by 1/301.
+    np.testing.assert_allclose(parallel.loss_curve_, single.loss_curve_, rtol=1e-5)
+    for name in ("encoder_coefs_", "decoder_coefs_", "decoder_intercepts_"):
+        for a, b in zip(getattr(parallel, name), getattr(single, name), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_mini_batches_follow_the_same_expected_update(uneven):
+    """2 processes at batch 32 draw other batches than 1 process at batch 64 (32 rows
+    from each shard), so the numbers differ, but each step has the same expected
+    gradient: the curves agree within the noise of mini-batch training, far closer
+    than those of 1 process at batch 32 (twice the steps)."""
+    X, weight, _, _ = uneven
+    parallel = _two_processes(uneven, batch_size=32)
+    single = _one_process(uneven, batch_size=64)
+    half_batch = _one_process(uneven, batch_size=32)
+    assert not np.allclose(half_batch.loss_curve_, single.loss_curve_, rtol=0.2)
+    np.testing.assert_allclose(parallel.loss_curve_, single.loss_curve_, rtol=0.05)
+    score = single.score(X, sample_weight=weight)
+    assert parallel.score(X, sample_weight=weight) == pytest.approx(score, abs=0.02)
+    assert abs(half_batch.score(X, sample_weight=weight) - score) > 0.1

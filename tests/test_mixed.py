@@ -134,6 +134,7 @@ def test_weight_power_tempers_the_counts(data):
     assert cosine_rare[1] > cosine_rare[0]
 
 
+@pytest.mark.slow
 def test_product_quantized_rows_where_they_pay():
     # A table large enough for 256-vector codebooks to pay for themselves at 8x.
     rng = np.random.RandomState(0)
@@ -173,6 +174,7 @@ def test_codebooks_that_cannot_pay_are_left_out(data):
     assert "pq4" not in set(np.asarray(mixed.codecs_)[mixed.assignment_])
 
 
+@pytest.mark.slow
 def test_rows_the_counts_never_saw_are_floored(data):
     X, _ = data
     rng = np.random.RandomState(1)

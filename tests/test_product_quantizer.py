@@ -92,6 +92,13 @@ def test_zero_weight_rows_are_still_encoded(X):
     assert pq.transform(X).shape[0] == 600
     with pytest.raises(ValueError, match="non-zero"):
         ProductQuantizer(4).fit(X, sample_weight=np.zeros(600))
+    # The codebooks come from the rows that count only: other content in the others
+    # changes nothing.
+    other = X.copy()
+    other[100:] = 10 * np.random.RandomState(1).normal(size=other[100:].shape)
+    again = ProductQuantizer(4, n_centroids=256, random_state=0)
+    again.fit(other, sample_weight=weight)
+    np.testing.assert_array_equal(again.codebooks_, pq.codebooks_)
 
 
 def test_fewer_rows_than_centroids_and_zero_rows():

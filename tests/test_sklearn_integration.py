@@ -21,6 +21,7 @@ MODELS = [
 ]
 
 
+@pytest.mark.slow
 def test_grid_search_over_rank_and_loss_weight_in_parallel(embeddings):
     pipeline = Pipeline(
         [

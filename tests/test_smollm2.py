@@ -6,7 +6,7 @@ import torch
 
 from skdirection import TruncatedSVDCompressor
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 TEXT = (
     "Anarchism is a political philosophy that advocates self-governed societies based on "

@@ -46,13 +46,20 @@ def test_uncentered_by_default(embeddings):
     assert svd.compress(embeddings).n_parameters == n * 3 + 3 * d
 
 
-def test_integer_weights_equal_repeated_rows(embeddings):
-    weight = np.random.RandomState(0).randint(1, 4, size=len(embeddings))
-    weighted = TruncatedSVDCompressor(3, device="cpu").fit(embeddings, sample_weight=weight)
-    repeated = TruncatedSVDCompressor(3, device="cpu").fit(
+@pytest.mark.parametrize("center", [False, True])
+def test_integer_weights_equal_repeated_rows(embeddings, center):
+    # Weights 0 to 3: a zero-weight row counts as no row at all.
+    weight = np.random.RandomState(0).randint(0, 4, size=len(embeddings))
+    assert (weight == 0).sum() > 50
+    weighted = TruncatedSVDCompressor(3, center=center, device="cpu").fit(
+        embeddings, sample_weight=weight
+    )
+    repeated = TruncatedSVDCompressor(3, center=center, device="cpu").fit(
         np.repeat(embeddings, weight, axis=0)
     )
     np.testing.assert_allclose(weighted.components_, repeated.components_, atol=1e-5)
+    if center:
+        np.testing.assert_allclose(weighted.mean_, repeated.mean_, rtol=1e-5, atol=1e-6)
 
 
 def test_weights_lower_the_error_of_heavy_rows(embeddings):

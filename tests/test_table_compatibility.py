@@ -29,8 +29,8 @@ def test_saved_tables_decode_bit_identically(name):
     )
 
 
+@pytest.mark.transformers
 def test_a_saved_patch_loads_onto_its_base_model():
-    pytest.importorskip("transformers")
     from transformers import AutoModelForCausalLM
 
     from skdirection.adapters.transformers import load_compressed

@@ -72,11 +72,15 @@ def initial_layers(source, row_weight, layer_sizes, init, generator, device, red
 
 
 def normalised_row_weight(weight, n_rows, device):
-    """Row weights on ``device`` averaging one over the table (ones for ``None``); rows
-    past the table's end (a padded shard) weigh zero."""
+    """Row weights on ``device`` averaging one over ``n_rows`` rows (ones for ``None``).
+
+    Rows past the table's end (the padding of a data-parallel shard) weigh zero and the
+    table's rows weigh more by as much, so that a padded epoch's mean loss, and the
+    expected gradient of a padded mini-batch, are those of the table's rows alone.
+    """
     if weight is None:
         return torch.ones(n_rows, device=device)
     total = weight.sum()
     padded = np.zeros(n_rows)
-    padded[: len(weight)] = weight / (total / len(weight) if total > 0 else 1.0)
+    padded[: len(weight)] = weight * (n_rows / total) if total > 0 else weight
     return as_tensor(padded, device)

@@ -82,7 +82,9 @@ class DirectionTraining:
 
         The rows are split into ``world`` contiguous shards of ``ceil(n_rows / world)``
         rows; the last is padded with zero-weight rows so that every process runs the
-        same number of steps. Row weights are normalised over the whole table.
+        same number of steps. Row weights are normalised over the whole table, to
+        average one over the padded shards: the padding then changes neither the
+        expected gradient of a step nor the mean loss of an epoch.
         ``reduce`` sums a tensor over the processes; ``wrap`` wraps the network for
         data-parallel training.
         """

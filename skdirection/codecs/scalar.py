@@ -11,6 +11,7 @@ import math
 import torch
 
 from ._codec import Codec
+from ._scalar_linear import quantized_linear
 from ._table import CompressedTable, StoredSize, dtype_name, frozen, register_table
 
 SUPPORTED_BITS = (2, 3, 4, 8)
@@ -171,13 +172,18 @@ class QuantizedTable(CompressedTable):
 
     def decode(self, indices=None):
         if indices is None:
-            packed, scales, offsets = self.packed, self.scales, self.offsets
-        else:
-            packed, scales, offsets = (
-                self.packed[indices],
-                self.scales[indices],
-                self.offsets[indices],
-            )
+            return self._rows(self.packed, self.scales, self.offsets)
+        return self._rows(self.packed[indices], self.scales[indices], self.offsets[indices])
+
+    def _decode_range(self, start, stop):
+        return self._rows(
+            self.packed[start:stop], self.scales[start:stop], self.offsets[start:stop]
+        )
+
+    def _linear(self, h):
+        return quantized_linear(self, h)
+
+    def _rows(self, packed, scales, offsets):
         shape = packed.shape[:-1]
         codes = unpack_codes(
             packed.reshape(-1, packed.shape[-1]), self.bits, self.n_features

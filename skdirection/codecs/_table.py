@@ -127,7 +127,10 @@ class CompressedTable(nn.Module):
     Subclasses keep everything they store as frozen ``nn.Parameter`` objects (see
     :func:`frozen`), so that a model's parameter count includes them, implement
     :meth:`decode`, :meth:`config` and :meth:`empty`, and register with
-    :func:`register_table` to be loadable.
+    :func:`register_table` to be loadable. :meth:`linear` works for any subclass (from
+    decoded tiles of rows); a subclass that can do better from its stored form
+    overrides ``_linear(h)`` (``h`` a contiguous float32 ``(t, n_features)`` tensor,
+    returning float32 ``(t, n_rows)``) and ``_decode_range(start, stop)``.
     """
 
     def forward(self, indices):

@@ -69,9 +69,13 @@ class CompressedEmbedding(nn.Module):
 
 
 class CompressedLMHead(nn.Module):
-    """An output head whose weight matrix is decoded from a compressed table.
+    """An output head that computes logits from a compressed table's stored form.
 
-    ``logits = hidden @ table.decode().T + bias``: every row is decoded at each call.
+    ``logits = hidden @ table.decode().T + bias``, computed by
+    :meth:`~skdirection.CompressedTable.linear` without a float copy of the table:
+    integer dot products on scalar codes, look-up tables for product quantization, two
+    matmuls for a low-rank table, decoded tiles of rows otherwise. The logits are
+    computed in float32 and returned at ``hidden``'s dtype.
 
     Parameters
     ----------
@@ -101,8 +105,10 @@ class CompressedLMHead(nn.Module):
         return self.table.n_parameters + bias
 
     def forward(self, hidden):
-        weight = self.table.decode().to(hidden.dtype)
-        return nn.functional.linear(hidden, weight, self.bias)
+        logits = self.table.linear(hidden)
+        if self.bias is not None:
+            logits = logits + self.bias.float()
+        return logits.to(hidden.dtype)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}"

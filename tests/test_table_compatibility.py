@@ -45,4 +45,8 @@ def test_a_saved_patch_loads_onto_its_base_model():
         load_compressed(folder)
     with torch.no_grad():
         logits = model(input_ids=torch.arange(40)[None]).logits
-    np.testing.assert_array_equal(logits.numpy(), np.load(folder / "logits.npy"))
+    # The fixture's logits multiplied the decoded matrix; the head now computes them
+    # from the stored form, which rounds differently (the table decodes bit-identically).
+    np.testing.assert_allclose(
+        logits.numpy(), np.load(folder / "logits.npy"), rtol=1e-5, atol=1e-6
+    )

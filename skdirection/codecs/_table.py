@@ -4,6 +4,10 @@ Every compressor's ``compress(X)`` returns a :class:`CompressedTable`: a torch m
 decodes rows by index and counts its stored parameters and bytes. The adapters, the CLI
 and the benchmarks only use this interface, never the estimator that made the table.
 Tables save to and load from safetensors, so loading never runs pickled code.
+
+A table also computes ``hidden @ decode().T`` (:meth:`CompressedTable.linear`, what an
+output head needs) from its stored form, a tile of rows at a time by default; each table
+class overrides :meth:`CompressedTable._linear` with its own exact shortcut.
 """
 
 import json
@@ -14,6 +18,9 @@ from torch import nn
 
 _METADATA_KEY = "skdirection_table"
 _TABLE_CLASSES = {}
+# Float32 bytes of the rows one tile decodes: bounds what computing logits from a table
+# allocates besides the logits themselves, and keeps a tile in a core's L2 cache.
+TILE_BYTES = 1 << 20
 
 
 def register_table(cls):
@@ -80,13 +87,50 @@ class StoredSize:
 NOTHING = StoredSize(0, 0)
 
 
+def row_tiles(n_rows, n_features, itemsize=4):
+    """``(start, stop)`` of consecutive ranges of rows of ``n_features`` values of
+    ``itemsize`` bytes, about :data:`TILE_BYTES` a range."""
+    step = max(16, TILE_BYTES // (itemsize * max(n_features, 1)))
+    return [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+
+
+def _tensors(value):
+    if torch.is_tensor(value):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+class _StoredLinear(torch.autograd.Function):
+    """``hidden @ W.T`` from a table, differentiable in ``hidden``: the backward pass
+    decodes the table a tile at a time too, never keeping a float copy of ``W``."""
+
+    @staticmethod
+    def forward(ctx, hidden, table):
+        ctx.table = table
+        return table._linear(hidden)
+
+    @staticmethod
+    def backward(ctx, grad):
+        table = ctx.table
+        grad = grad.contiguous()
+        grad_hidden = grad.new_zeros(grad.shape[0], table.embedding_dim)
+        for start, stop in row_tiles(table.num_embeddings, table.embedding_dim):
+            grad_hidden.addmm_(grad[:, start:stop], table._decode_range(start, stop))
+        return grad_hidden, None
+
+
 class CompressedTable(nn.Module):
     """Base class of stored tables: decode rows, count parameters and bytes.
 
     Subclasses keep everything they store as frozen ``nn.Parameter`` objects (see
     :func:`frozen`), so that a model's parameter count includes them, implement
     :meth:`decode`, :meth:`config` and :meth:`empty`, and register with
-    :func:`register_table` to be loadable.
+    :func:`register_table` to be loadable. :meth:`linear` works for any subclass (from
+    decoded tiles of rows); a subclass that can do better from its stored form
+    overrides ``_linear(h)`` (``h`` a contiguous float32 ``(t, n_features)`` tensor,
+    returning float32 ``(t, n_rows)``) and ``_decode_range(start, stop)``.
     """
 
     def forward(self, indices):
@@ -95,6 +139,76 @@ class CompressedTable(nn.Module):
     def decode(self, indices=None):
         """Rows ``indices`` of the table (all rows when ``None``), as float tensors."""
         raise NotImplementedError
+
+    def linear(self, hidden):
+        """``hidden @ decode().T`` in float32, computed from the stored form.
+
+        What an output head computes (:class:`~skdirection.nn.CompressedLMHead`), without
+        a float copy of the table: each table class has its own exact shortcut
+        (scalar codes: integer dot products on the codes; product quantization: look-up
+        tables summed by code; low rank: two matmuls), and any other table decodes a tile
+        of rows at a time. Beside the logits, a call allocates a bounded buffer (about
+        a tile, :data:`TILE_BYTES`); values derived once from the stored tensors are
+        kept (:attr:`derived_bytes`). The result equals ``F.linear(hidden.float(),
+        decode())`` to float32 rounding. It is differentiable in ``hidden``.
+
+        Parameters
+        ----------
+        hidden : tensor of shape (..., n_features)
+            Any float dtype, on the table's device.
+
+        Returns
+        -------
+        logits : float32 tensor of shape (..., n_rows)
+        """
+        shape = hidden.shape[:-1]
+        h = hidden.reshape(-1, hidden.shape[-1]).to(torch.float32).contiguous()
+        if torch.is_grad_enabled() and h.requires_grad:
+            out = _StoredLinear.apply(h, self)
+        else:
+            with torch.no_grad():
+                out = self._linear(h)
+        return out.reshape(*shape, out.shape[-1])
+
+    def _linear(self, h):
+        """``h @ decode().T`` for a contiguous float32 ``(t, n_features)`` ``h``, as a
+        float32 ``(t, n_rows)`` tensor; by default from decoded tiles of rows."""
+        out = h.new_empty(h.shape[0], self.num_embeddings)
+        for start, stop in row_tiles(self.num_embeddings, self.embedding_dim):
+            torch.mm(h, self._decode_range(start, stop).T, out=out[:, start:stop])
+        return out
+
+    def _decode_range(self, start, stop):
+        """Rows ``start`` to ``stop`` decoded, as float32 (a tile of :meth:`_linear`)."""
+        device = next(self.parameters()).device
+        return self.decode(torch.arange(start, stop, device=device)).float()
+
+    def _derived(self, name, build):
+        """``build()``, a value derived from the stored tensors, made at first use and
+        kept until the table loads a state dict or moves (``to``, ``cuda``, ``half``)."""
+        cache = self.__dict__.setdefault("_derived_cache", {})
+        if name not in cache:
+            cache[name] = build()
+        return cache[name]
+
+    @property
+    def derived_bytes(self):
+        """Bytes of the values derived from the stored tensors that this table and its
+        nested tables keep now (made at first use by :meth:`linear` or ``decode``)."""
+        return sum(
+            t.numel() * t.element_size()
+            for module in self.modules()
+            for value in module.__dict__.get("_derived_cache", {}).values()
+            for t in _tensors(value)
+        )
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__.pop("_derived_cache", None)
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.__dict__.pop("_derived_cache", None)
+        super()._load_from_state_dict(*args, **kwargs)
 
     def config(self):
         """JSON-serialisable keyword arguments of :meth:`empty`."""

@@ -23,6 +23,14 @@ class DenseTable(CompressedTable):
         rows = self.weight if indices is None else self.weight[indices]
         return rows.float()
 
+    def _linear(self, h):
+        if self.weight.dtype == torch.float32:
+            return h @ self.weight.T
+        return super()._linear(h)  # float16 rows converted a tile at a time
+
+    def _decode_range(self, start, stop):
+        return self.weight[start:stop].float()
+
     @property
     def num_embeddings(self):
         return self.weight.shape[0]

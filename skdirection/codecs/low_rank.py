@@ -4,7 +4,7 @@ projection codec over a weighted basis of the rows."""
 import torch
 
 from .._engine.backend import RowSource
-from .._engine.mlp import ACTIVATIONS, forward_layers
+from .._engine.mlp import ACTIVATIONS, activation_function, forward_layers
 from .._engine.numerics import top_eigenvectors, weighted_sums
 from ._codec import Codec
 from ._table import (
@@ -15,6 +15,7 @@ from ._table import (
     empty_table,
     frozen,
     register_table,
+    row_tiles,
 )
 
 
@@ -90,6 +91,34 @@ class LowRankTable(CompressedTable):
         intercepts = [next(biases) if has else None for has in self.has_bias]
         return forward_layers(rows, list(self.coefs), intercepts, self.activation)
 
+    def _decode_range(self, start, stop):
+        return self.decode(slice(start, stop)).float()
+
+    def _linear(self, h):
+        """``(h @ last.T) @ Z.T + h . bias``: ``Z`` is the latent table (one layer) or
+        what the decoder's last layer reads, computed a tile of rows at a time."""
+        if any(p.dtype != torch.float32 for p in self.parameters()):
+            return super()._linear(h)
+        biases = iter(self.intercepts)
+        intercepts = [next(biases) if has else None for has in self.has_bias]
+        *coefs, last = self.coefs
+        projected = h @ last.T  # (t, fan_in of the last layer)
+        if not coefs:
+            out = projected @ self.latent.T
+        else:
+            activation = activation_function(self.activation)
+            out = h.new_empty(h.shape[0], self.num_embeddings)
+            for start, stop in row_tiles(self.num_embeddings, last.shape[0]):
+                inputs = forward_layers(
+                    self.latent[start:stop], coefs, intercepts[:-1], self.activation
+                )
+                if activation is not None:
+                    inputs = activation(inputs)
+                torch.mm(projected, inputs.T, out=out[:, start:stop])
+        if intercepts[-1] is not None:
+            out += (h @ intercepts[-1])[:, None]
+        return out
+
     @property
     def num_embeddings(self):
         return self.latent.shape[0]
@@ -145,6 +174,17 @@ class LinearDecodedTable(CompressedTable):
     def decode(self, indices=None):
         rows = self.inner.decode(indices) @ self.components.float()
         return rows + self.bias.float() if self.has_bias else rows
+
+    def _decode_range(self, start, stop):
+        rows = self.inner._decode_range(start, stop) @ self.components.float()
+        return rows + self.bias.float() if self.has_bias else rows
+
+    def _linear(self, h):
+        """``inner``'s logits for the projected ``h @ components.T``, plus ``h . bias``."""
+        out = self.inner._linear((h @ self.components.float().T).contiguous())
+        if self.has_bias:
+            out += (h @ self.bias.float())[:, None]
+        return out
 
     @property
     def num_embeddings(self):

@@ -12,6 +12,7 @@ from ._table import (
     empty_table,
     frozen,
     register_table,
+    row_tiles,
 )
 
 
@@ -37,6 +38,27 @@ class NormScaledTable(CompressedTable):
         directions, _ = unit_rows(self.inner.decode(indices))
         norms = self.norms if indices is None else self.norms[indices]
         return directions * norms.float()[..., None]
+
+    def _decode_range(self, start, stop):
+        directions, _ = unit_rows(self.inner._decode_range(start, stop))
+        return directions * self.norms[start:stop].float()[:, None]
+
+    def _linear(self, h):
+        return self.inner._linear(h).mul_(self._derived("row_scale", self._row_scale))
+
+    def _row_scale(self):
+        """``norm / |inner row|`` of every row (zero for a zero row), from decoded tiles
+        of ``inner``: n_rows float32 values, made once."""
+        lengths = torch.cat(
+            [
+                self.inner._decode_range(start, stop).norm(dim=-1)
+                for start, stop in row_tiles(self.num_embeddings, self.embedding_dim)
+            ]
+        )
+        norms = self.norms.float()
+        return torch.where(
+            lengths > 0, norms / lengths.clamp_min(torch.finfo(torch.float32).tiny), 0.0
+        )
 
     @property
     def num_embeddings(self):

@@ -63,30 +63,27 @@ class PartitionedTable(CompressedTable):
             else (torch.zeros(1, 0, dtype=torch.uint8))
         )
         self.packed_assignment = frozen(packed)
-        self._maps = None
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._maps = None
-        super()._load_from_state_dict(*args, **kwargs)
 
     def _row_maps(self):
+        """``(part_of, position, rows)``: each row's part and place in it, and each
+        part's rows; derived from the stored ids at first use (3 x n_rows int64)."""
+        return self._derived("row_maps", self._make_row_maps)
+
+    def _make_row_maps(self):
         device = self.packed_assignment.device
-        if self._maps is None or self._maps[0].device != device:
-            if self.id_bits:
-                part_of = unpack_codes(self.packed_assignment, self.id_bits, self.n_rows)[
-                    0
-                ].long()
-            else:
-                part_of = torch.zeros(self.n_rows, dtype=torch.int64, device=device)
-            position = torch.empty_like(part_of)
-            for k in range(len(self.parts)):
-                rows = torch.nonzero(part_of == k).flatten()
-                position[rows] = torch.arange(rows.numel(), device=device)
-            self._maps = (part_of, position)
-        return self._maps
+        if self.id_bits:
+            part_of = unpack_codes(self.packed_assignment, self.id_bits, self.n_rows)[0]
+            part_of = part_of.long()
+        else:
+            part_of = torch.zeros(self.n_rows, dtype=torch.int64, device=device)
+        position = torch.empty_like(part_of)
+        rows = [torch.nonzero(part_of == k).flatten() for k in range(len(self.parts))]
+        for part_rows in rows:
+            position[part_rows] = torch.arange(part_rows.numel(), device=device)
+        return part_of, position, rows
 
     def decode(self, indices=None):
-        part_of, position = self._row_maps()
+        part_of, position, _ = self._row_maps()
         if indices is None:
             indices = torch.arange(self.n_rows, device=part_of.device)
         indices = torch.as_tensor(indices, device=part_of.device)
@@ -98,6 +95,14 @@ class PartitionedTable(CompressedTable):
             if mask.any():
                 out[mask] = part.decode(where[mask]).to(out.dtype)
         return out.reshape(*indices.shape, self.embedding_dim)
+
+    def _linear(self, h):
+        """Each part's logits fill the columns of its rows."""
+        out = h.new_empty(h.shape[0], self.n_rows)
+        for part, rows in zip(self.parts, self._row_maps()[2], strict=True):
+            if rows.numel():
+                out.index_copy_(1, rows, part._linear(h))
+        return out
 
     def part_ids(self):
         """Part id of every row, as a tensor of shape (n_rows,)."""

@@ -9,12 +9,23 @@ block_size)`` bytes plus what the codebooks cost once for the whole table.
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .._engine.kmeans import nearest_centroids, weighted_kmeans
 from ._codec import Codec
-from ._table import CompressedTable, StoredSize, dtype_name, frozen, register_table
+from ._table import (
+    CompressedTable,
+    StoredSize,
+    dtype_name,
+    frozen,
+    register_table,
+    row_tiles,
+)
 
 MAX_CENTROIDS = 256  # one uint8 code a block
+# Rows of hidden states up to which logits come from look-up tables: those cost
+# n_rows * n_blocks additions a row of h, where decoded tiles cost a matmul at BLAS speed.
+LUT_MAX_ROWS = 16
 
 
 def n_blocks(n_features, block_size):
@@ -75,6 +86,35 @@ class ProductQuantizedTable(CompressedTable):
         flat = codes.reshape(-1, codes.shape[-1])
         rows = decode_blocks(flat, self.codebooks, self.n_features)
         return rows.reshape(*shape, self.n_features)
+
+    def _decode_range(self, start, stop):
+        return decode_blocks(self.codes[start:stop], self.codebooks, self.n_features)
+
+    def _linear(self, h):
+        """Look-up tables summed by code, as faiss computes inner products on codes.
+
+        ``lut[j, c] = h_j . codebooks[j, c]`` for every block ``j`` (one batched
+        matmul, ``n_blocks * n_centroids * t`` floats), then ``logits[v] = sum_j
+        lut[j, codes[v, j]]`` by ``embedding_bag`` over indices ``codes + n_centroids
+        * j`` made a tile at a time (kept, they would cost 4 bytes a code).
+        """
+        t, d = h.shape
+        if t > LUT_MAX_ROWS:
+            return super()._linear(h)
+        m, k, s = self.codebooks.shape
+        V = self.num_embeddings
+        blocks = F.pad(h, (0, m * s - d)).view(t, m, s).permute(1, 2, 0)
+        lut = torch.bmm(self.codebooks.float(), blocks).view(m * k, t)
+        shift = torch.arange(0, m * k, k, dtype=torch.int32, device=h.device)
+        tiles = row_tiles(V, m)  # int32 indices, a tile's bytes
+        index = torch.empty(
+            tiles[0][1] if tiles else 0, m, dtype=torch.int32, device=h.device
+        )
+        out = h.new_empty(t, V)
+        for start, stop in tiles:
+            rows = index[: stop - start].copy_(self.codes[start:stop]).add_(shift)
+            out[:, start:stop] = F.embedding_bag(rows, lut, mode="sum").T
+        return out
 
     @property
     def num_embeddings(self):

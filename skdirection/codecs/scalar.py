@@ -11,6 +11,7 @@ import math
 import torch
 
 from ._codec import Codec
+from ._scalar_linear import quantized_linear
 from ._table import CompressedTable, StoredSize, dtype_name, frozen, register_table
 
 SUPPORTED_BITS = (2, 3, 4, 8)
@@ -137,14 +138,27 @@ def pack_codes(codes, bits):
 
 
 def unpack_codes(packed, bits, n_features):
-    """Inverse of :func:`pack_codes`."""
+    """Inverse of :func:`pack_codes`.
+
+    Every ``bits / gcd(bits, 8)`` bytes hold ``8 / gcd(bits, 8)`` whole codes (one byte
+    one code at 8 bits, two at 4, four at 2; three bytes eight codes at 3): such a word
+    is read as an integer and each code shifted out of it.
+    """
     if bits == 8:
         return packed
     n = packed.shape[0]
-    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
-    bit_array = ((packed[..., None] >> shifts) & 1).reshape(n, -1)[:, : n_features * bits]
-    weights = (2 ** torch.arange(bits - 1, -1, -1, device=packed.device)).to(torch.uint8)
-    return (bit_array.reshape(n, n_features, bits) * weights).sum(dim=2, dtype=torch.uint8)
+    word_bytes, word_codes = bits // math.gcd(bits, 8), 8 // math.gcd(bits, 8)
+    pad = -packed.shape[1] % word_bytes
+    if pad:
+        packed = torch.cat([packed, packed.new_zeros(n, pad)], dim=1)
+    dtype = torch.uint8 if word_bytes == 1 else torch.int32
+    words = packed.reshape(n, -1, word_bytes).to(dtype)
+    word = words[..., 0]
+    for i in range(1, word_bytes):
+        word = (word << 8) | words[..., i]
+    shifts = torch.arange(bits * (word_codes - 1), -1, -bits, device=packed.device)
+    codes = (word[..., None] >> shifts.to(dtype)) & (2**bits - 1)
+    return codes.reshape(n, -1)[:, :n_features].to(torch.uint8)
 
 
 @register_table
@@ -190,13 +204,18 @@ class QuantizedTable(CompressedTable):
 
     def decode(self, indices=None):
         if indices is None:
-            packed, scales, offsets = self.packed, self.scales, self.offsets
-        else:
-            packed, scales, offsets = (
-                self.packed[indices],
-                self.scales[indices],
-                self.offsets[indices],
-            )
+            return self._rows(self.packed, self.scales, self.offsets)
+        return self._rows(self.packed[indices], self.scales[indices], self.offsets[indices])
+
+    def _decode_range(self, start, stop):
+        return self._rows(
+            self.packed[start:stop], self.scales[start:stop], self.offsets[start:stop]
+        )
+
+    def _linear(self, h):
+        return quantized_linear(self, h)
+
+    def _rows(self, packed, scales, offsets):
         shape = packed.shape[:-1]
         codes = unpack_codes(
             packed.reshape(-1, packed.shape[-1]), self.bits, self.n_features

@@ -1,0 +1,274 @@
+"""``hidden @ W.T`` straight from bit-packed scalar codes: the kernels behind
+``QuantizedTable.linear``.
+
+Row ``v`` decodes to ``code[v, c] * scale[v, g] + offset[v, g]`` with ``g = c //
+group_size``, so ``logits[v] = sum_g scale[v, g] (h_g . code_vg) + offset[v, g] sum(h_g)``:
+scales and offsets apply to per-group dot products, never to the values. The packed
+bytes of a tile of rows are split into byte-aligned *fields* (:class:`FieldLayout`), each
+a run of one code's bits inside one byte, left at its place in the code; ``h . code`` is
+a sum over fields, so no code is ever put back together.
+
+The dot products are taken one of two ways:
+
+- integer (on CPU, for a few rows of ``h``, as in generation): the fields are int8 and
+  ``h`` is written as :data:`DIGITS` int8 digits a group under a power-of-two scale;
+  ``torch._int_mm`` gives the exact int32 dot product of every group with every digit,
+  and one small float matmul combines them. Besides float32 rounding the only error is
+  ``h``'s last digit: ``2**-27`` of a group's largest value.
+- float (prompts, other devices, or a torch without a working ``torch._int_mm``): the
+  fields as float32, scaled per group, times ``h`` by ``torch.mm``.
+"""
+
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from . import _table
+from ._table import row_tiles
+
+DIGITS = 4
+# The integer path pays one int32 column per group, row of h and digit, and an epilogue
+# over them: it is faster than the float path up to about this many columns (per-row
+# codes) or groups times rows of h (grouped codes; t <= 2 for groups of 32 at d = 576).
+INT_MAX_COLUMNS = 512
+INT_MAX_GROUP_COLUMNS = 40
+# Rows whose int32 partial sums are combined by one float matmul.
+CHUNK_ROWS = 8192
+# Set to False for a device type once torch._int_mm fails there.
+_INT_MM_WORKS = {"cpu": hasattr(torch, "_int_mm")}
+
+
+def _signed64(x):
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+class FieldLayout:
+    """Where every field of a packed row lies, and the ops that cut a tile into them.
+
+    Codes are packed most significant bit first, row by row. A field is ``((byte &
+    and_mask) >> rshift) << lshift``: at 2, 4 and 8 bits one field a code; at 3 bits,
+    3 codes in 8 straddle two bytes and have two fields. ``n_planes`` fields at most
+    share a byte, so a tile of ``R`` rows cuts into ``(R, n_planes * n_bytes)`` fields.
+
+    Attributes
+    ----------
+    column : int64 tensor of shape (n_planes * n_bytes,)
+        The column each field belongs to.
+    used : bool tensor of the same shape
+        False for slots that hold no field (padding bits, bytes with fewer fields).
+    """
+
+    def __init__(self, n_features, bits, group_size, device):
+        n_bytes = math.ceil(n_features * bits / 8)
+        fields = [[] for _ in range(n_bytes)]
+        for c in range(n_features):
+            done = 0
+            while done < bits:
+                byte, first = divmod(c * bits + done, 8)
+                length = min(bits - done, 8 - first)
+                shift = 8 - first - length  # of the run's lowest bit inside the byte
+                place = bits - done - length  # of the run's lowest bit inside the code
+                mask = ((1 << length) - 1) << shift
+                fields[byte].append((c, mask, max(shift - place, 0), max(place - shift, 0)))
+                done += length
+        self.n_planes = max(map(len, fields))
+        self.n_bytes, self.bits = n_bytes, bits
+        slots = torch.zeros(4, self.n_planes, n_bytes, dtype=torch.int64)
+        for j, byte_fields in enumerate(fields):
+            for p, field in enumerate(byte_fields):
+                slots[:, p, j] = torch.tensor(field)
+        column, and_mask, rshift, lshift = slots
+        self.column = column.reshape(-1).to(device)
+        self.used = (and_mask > 0).reshape(-1).to(device)
+        self.n_groups = math.ceil(n_features / group_size)
+        self.field_group = torch.div(self.column, group_size, rounding_mode="floor")
+        # Groups that cover whole bytes let a tile's fields be scaled by a broadcast.
+        self.aligned = n_features % group_size == 0 and group_size * bits % 8 == 0
+        if bits in (2, 4, 8) and n_bytes % 8 == 0 and sys.byteorder == "little":
+            # (word >> r) & mask repeated in every byte: 8 bytes an op; what the shift
+            # brings in from the next byte is masked out.
+            keep = (1 << bits) - 1
+            self.word_ops = [
+                (8 - bits * (p + 1), _signed64(keep * 0x0101010101010101))
+                for p in range(self.n_planes)
+            ]
+        else:
+            self.word_ops = None
+            self.byte_ops = [
+                tuple(
+                    None
+                    if bool((row == identity).all())
+                    else row[None].to(device, torch.uint8)
+                    for row, identity in (
+                        (and_mask[p], 0xFF),
+                        (rshift[p], 0),
+                        (lshift[p], 0),
+                    )
+                )
+                for p in range(self.n_planes)
+            ]
+
+    @property
+    def n_fields(self):
+        return self.n_planes * self.n_bytes
+
+    def uint8_fields(self, packed, out):
+        """The fields of a tile of packed rows ``(R, n_bytes)`` written to ``out``."""
+        planes = out.view(out.shape[0], self.n_planes, self.n_bytes)
+        if self.word_ops is not None:
+            words = packed.view(torch.int64)
+            for p, (shift, mask) in enumerate(self.word_ops):
+                plane = planes[:, p].view(torch.int64)
+                if shift:
+                    torch.bitwise_right_shift(words, shift, out=plane)
+                    plane.bitwise_and_(mask)
+                else:
+                    torch.bitwise_and(words, mask, out=plane)
+            return out
+        for p, (and_mask, rshift, lshift) in enumerate(self.byte_ops):
+            plane = planes[:, p]
+            plane.copy_(packed if and_mask is None else packed & and_mask)
+            if rshift is not None:
+                plane.bitwise_right_shift_(rshift)
+            if lshift is not None:
+                plane.bitwise_left_shift_(lshift)
+        return out
+
+    def int8_fields(self, packed, out):
+        """Fields as int8; 8-bit codes come as ``code - 128``."""
+        if self.bits == 8:
+            if self.word_ops is not None:
+                torch.bitwise_xor(
+                    packed.view(torch.int64),
+                    _signed64(0x8080808080808080),
+                    out=out.view(torch.int64),
+                )
+            else:
+                torch.bitwise_xor(packed, 0x80, out=out)
+            return out.view(torch.int8)
+        return self.uint8_fields(packed, out).view(torch.int8)
+
+
+def group_sums(h, n_groups, group_size):
+    """``(t, n_groups)`` sums of each group of columns of ``h``."""
+    t, d = h.shape
+    return F.pad(h, (0, n_groups * group_size - d)).view(t, n_groups, group_size).sum(-1)
+
+
+def _digits(h, layout, group_size):
+    """``h`` as :data:`DIGITS` int8 digits a group, placed on the fields.
+
+    Each group of each row of ``h`` gets a power-of-two scale putting its largest value
+    in [32, 64); the digits lie in [-64, 64], so a group's int32 dot product with fields
+    below 128 cannot overflow, and ``h_g = scale * sum_i digit_i * 128**-i`` up to
+    ``2**-27`` of the group's largest value.
+
+    Returns the int8 ``(n_fields, n_groups * t * DIGITS)`` coefficients (columns ordered
+    group, row of ``h``, digit) and the float ``(n_groups * t * DIGITS, n_groups * t)``
+    block-diagonal matrix that weighs each digit's dot products and sums a group's.
+    """
+    t, d = h.shape
+    G = layout.n_groups
+    grouped = F.pad(h, (0, G * group_size - d)).view(t, G, group_size)
+    _, exponent = torch.frexp(grouped.abs().amax(-1))
+    scale = torch.ldexp(torch.ones_like(grouped[..., 0]), exponent - 6)  # (t, G)
+    x = grouped / scale[..., None]
+    digits = []
+    for _ in range(DIGITS):
+        q = torch.round(x)
+        digits.append(q)
+        x = (x - q) * 128
+    digits = torch.stack(digits, -1).view(t, G * group_size, DIGITS)[:, :d]
+    coef = h.new_zeros(layout.n_fields, G, t, DIGITS)
+    used = layout.used
+    fields = torch.arange(layout.n_fields, device=h.device)[used]
+    coef[fields, layout.field_group[used]] = digits[:, layout.column[used]].transpose(0, 1)
+    steps = 128.0 ** -torch.arange(DIGITS, device=h.device, dtype=h.dtype)
+    weights = (scale.T[:, :, None] * steps).reshape(G * t, DIGITS)
+    combine = torch.block_diag(*weights[:, :, None])
+    return coef.reshape(layout.n_fields, -1).to(torch.int8), combine
+
+
+def _linear_int(table, h, layout):
+    t = h.shape[0]
+    G, V = layout.n_groups, table.num_embeddings
+    coef, combine = _digits(h, layout, table.group_size)
+    hsum = group_sums(h, G, table.group_size)
+    R = max(16, _table.TILE_BYTES // layout.n_fields)
+    C = max(R, CHUNK_ROWS // R * R)
+    fields = torch.empty(min(R, V), layout.n_fields, dtype=torch.uint8, device=h.device)
+    acc = torch.empty(min(C, V), coef.shape[1], dtype=torch.int32, device=h.device)
+    acc_float = torch.empty(acc.shape, device=h.device)
+    partial = torch.empty(acc.shape[0], G * t, device=h.device)
+    out = h.new_empty(t, V)
+    for c0 in range(0, V, C):
+        c1 = min(c0 + C, V)
+        n = c1 - c0
+        for r0 in range(c0, c1, R):
+            r1 = min(r0 + R, c1)
+            tile = layout.int8_fields(table.packed[r0:r1], fields[: r1 - r0])
+            torch._int_mm(tile, coef, out=acc[r0 - c0 : r1 - c0])
+        # every group's dot product with h: (n, G * t)
+        dots = torch.mm(acc_float[:n].copy_(acc[:n]), combine, out=partial[:n])
+        scales = table.scales[c0:c1].float()
+        offsets = table.offsets[c0:c1].float()
+        if layout.bits == 8:
+            offsets = offsets + 128 * scales  # the int8 fields are code - 128
+        if t == 1:
+            logits = dots.mul_(scales).sum(1, keepdim=True)
+        else:
+            logits = dots.view(n, G, t).mul_(scales[:, :, None]).sum(1)
+        out[:, c0:c1] = logits.addmm_(offsets, hsum.T).T
+    return out
+
+
+def _linear_float(table, h, layout):
+    t = h.shape[0]
+    G, V = layout.n_groups, table.num_embeddings
+    coef = h[:, layout.column] * layout.used  # (t, n_fields)
+    hsum = group_sums(h, G, table.group_size)
+    tiles = row_tiles(V, layout.n_fields)
+    size = tiles[0][1] if tiles else 0
+    raw = torch.empty(size, layout.n_fields, dtype=torch.uint8, device=h.device)
+    fields = torch.empty(size, layout.n_fields, device=h.device)
+    out = h.new_empty(t, V)
+    for r0, r1 in tiles:
+        n = r1 - r0
+        packed = table.packed[r0:r1]
+        tile = fields[:n].copy_(
+            packed if layout.bits == 8 else layout.uint8_fields(packed, raw[:n])
+        )
+        scales = table.scales[r0:r1].float()
+        block = out[:, r0:r1]
+        if G == 1:
+            torch.mm(coef, tile.T, out=block).mul_(scales.T)
+        else:
+            if layout.aligned:
+                planes = tile.view(n, layout.n_planes, G, -1)
+                planes.mul_(scales[:, None, :, None])
+            else:
+                tile.mul_(scales[:, layout.field_group])
+            torch.mm(coef, tile.T, out=block)
+        block.addmm_(hsum, table.offsets[r0:r1].float().T)
+    return out
+
+
+def quantized_linear(table, h):
+    """``h @ table.decode().T`` for a :class:`QuantizedTable` and float32 ``(t, d)``
+    ``h``, from the packed codes (see the module's description)."""
+    layout = table._derived(
+        "fields",
+        lambda: FieldLayout(
+            table.n_features, table.bits, table.group_size, table.packed.device
+        ),
+    )
+    t, G = h.shape[0], layout.n_groups
+    few = t * DIGITS <= INT_MAX_COLUMNS if G == 1 else G * t <= INT_MAX_GROUP_COLUMNS
+    if few and _INT_MM_WORKS.get(h.device.type, False):
+        try:
+            return _linear_int(table, h, layout)
+        except (RuntimeError, NotImplementedError):
+            _INT_MM_WORKS[h.device.type] = False
+    return _linear_float(table, h, layout)

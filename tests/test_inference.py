@@ -1,0 +1,276 @@
+"""Logits from the stored form: ``CompressedTable.linear`` and the head that uses it."""
+
+import functools
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from skdirection import (
+    DenseTable,
+    LinearDecodedTable,
+    LowRankTable,
+    NormScaledTable,
+    PartitionedTable,
+    ProductQuantizedTable,
+    QuantizedTable,
+)
+from skdirection.codecs import CompressedTable, _scalar_linear, _table
+from skdirection.nn import CompressedEmbedding, CompressedLMHead
+
+N_FEATURES = 64
+
+
+def _rows(n, d=N_FEATURES, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    scale = torch.rand(n, 1, generator=generator) + 0.5
+    return torch.randn(n, d, generator=generator) * scale
+
+
+def _pq(n, d=N_FEATURES, block=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    m = -(-d // block)
+    codes = torch.randint(0, 256, (n, m), generator=generator, dtype=torch.uint8)
+    books = torch.randn(m, 256, block, generator=generator).half()
+    return ProductQuantizedTable(codes, books, d)
+
+
+def _scalar(n, bits, group, d=N_FEATURES, seed=0):
+    return QuantizedTable.from_rows(_rows(n, d, seed), bits, group, clip_search=False)
+
+
+def _linear_decoded(n, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    latent = _scalar(n, 8, None, d=16, seed=seed)
+    return LinearDecodedTable(
+        latent,
+        torch.randn(16, N_FEATURES, generator=generator),
+        torch.randn(N_FEATURES, generator=generator),
+    )
+
+
+def _low_rank(n, layers, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    sizes = [8, 24, N_FEATURES][-layers - 1 :]
+    coefs = [torch.randn(a, b, generator=generator) for a, b in itertools.pairwise(sizes)]
+    return LowRankTable(
+        torch.randn(n, sizes[0], generator=generator),
+        coefs,
+        [torch.randn(b, generator=generator) for b in sizes[1:]],
+        activation="tanh" if layers > 1 else None,
+    )
+
+
+def _partitioned(n, seed=0):
+    assignment = torch.arange(n) % 4
+    counts = torch.bincount(assignment).tolist()
+    parts = [
+        DenseTable(_rows(counts[0], seed=seed).half()),
+        _scalar(counts[1], 4, 32, seed=seed),
+        NormScaledTable(_pq(counts[2], seed=seed), _rows(counts[2], seed=seed).norm(dim=1)),
+        _linear_decoded(counts[3], seed=seed),
+    ]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return PartitionedTable(parts, assignment[order])
+
+
+TABLES = {
+    "dense": lambda n, seed=0: DenseTable(_rows(n, seed=seed)),
+    "dense-float16": lambda n, seed=0: DenseTable(_rows(n, seed=seed).half()),
+    **{
+        f"int{bits}-{'row' if group is None else f'g{group}'}": (
+            lambda n, seed=0, bits=bits, group=group: _scalar(n, bits, group, seed=seed)
+        )
+        for bits in (2, 3, 4, 8)
+        for group in (None, 32)
+    },
+    "int3-g16-ragged": lambda n, seed=0: _scalar(n, 3, 16, d=60, seed=seed),
+    "int4-g32-ragged": lambda n, seed=0: _scalar(n, 4, 32, d=40, seed=seed),
+    "pq2": lambda n, seed=0: _pq(n, block=2, seed=seed),
+    "pq3-padded": lambda n, seed=0: _pq(n, block=3, seed=seed),
+    "pq4-norms": lambda n, seed=0: NormScaledTable(
+        _pq(n, seed=seed), _rows(n, seed=seed).norm(dim=1).half()
+    ),
+    "int4-norms": lambda n, seed=0: NormScaledTable(
+        _scalar(n, 4, None, seed=seed), _rows(n, seed=seed).norm(dim=1)
+    ),
+    "low-rank": lambda n, seed=0: _low_rank(n, 1, seed=seed),
+    "low-rank-mlp": lambda n, seed=0: _low_rank(n, 2, seed=seed),
+    "linear-decoded-int8": _linear_decoded,
+    "linear-decoded-norms": lambda n, seed=0: NormScaledTable(
+        _linear_decoded(n, seed=seed), _rows(n, seed=seed).norm(dim=1)
+    ),
+    "partitioned": _partitioned,
+}
+
+
+@functools.cache
+def _table_and_weight(name, n=400):
+    """A table of each kind, made once, and its decoded matrix."""
+    table = TABLES[name](n)
+    return table, table.decode()
+
+
+def _assert_logits_close(actual, expected, rtol=1e-5):
+    # Relative to the largest logit: a logit near zero is a sum of terms that cancel.
+    atol = rtol * expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_equals_the_decoded_table(name, dtype):
+    table, weight = _table_and_weight(name)
+    generator = torch.Generator().manual_seed(1)
+    for shape in [(1, 1), (3, 1), (1, 1024)]:
+        hidden = (3 * torch.randn(*shape, table.embedding_dim, generator=generator)).to(
+            dtype
+        )
+        logits = table.linear(hidden)
+        assert logits.dtype == torch.float32
+        assert logits.shape == (*shape, table.num_embeddings)
+        _assert_logits_close(logits, F.linear(hidden.float(), weight))
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_head_equals_linear_on_the_decoded_table(name, dtype):
+    table, weight = _table_and_weight(name)
+    bias = nn.Parameter(torch.randn(table.num_embeddings), requires_grad=False)
+    head = CompressedLMHead(table, bias)
+    hidden = torch.randn(2, 5, table.embedding_dim).to(dtype)
+    logits = head(hidden)
+    assert logits.dtype == dtype
+    expected = F.linear(hidden.float(), weight, bias)
+    rtol = 1e-5 if dtype == torch.float32 else 2**-7  # bfloat16 keeps 8 bits
+    _assert_logits_close(logits.float(), expected, rtol)
+
+
+def test_lossless_dense_table_is_the_original_head():
+    linear = nn.Linear(N_FEATURES, 300)
+    head = CompressedLMHead(DenseTable(linear.weight.detach()), linear.bias)
+    hidden = torch.randn(2, 7, N_FEATURES)
+    with torch.no_grad():
+        torch.testing.assert_close(head(hidden), linear(hidden))
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiles of 64 rows of 64 float32 values, so that small tables span many tiles."""
+    monkeypatch.setattr(_table, "TILE_BYTES", 64 * 4 * N_FEATURES)
+    return 64
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_logits_never_decode_the_whole_table(name, small_tiles, monkeypatch):
+    table, weight = _table_and_weight(name)
+    table.load_state_dict(table.state_dict())  # forgets what it derived
+    expected = F.linear(torch.ones(1, table.embedding_dim), weight)
+    decoded = []
+    for cls in {type(module) for module in table.modules()}:
+        if not issubclass(cls, CompressedTable):
+            continue
+
+        def decode(self, indices=None, _original=cls.decode):
+            assert indices is not None, "decoded the whole table"
+            decoded.append(torch.as_tensor(indices).numel())
+            return _original(self, indices)
+
+        def decode_range(self, start, stop, _original=cls._decode_range):
+            decoded.append(stop - start)
+            return _original(self, start, stop)
+
+        monkeypatch.setattr(cls, "decode", decode)
+        monkeypatch.setattr(cls, "_decode_range", decode_range)
+    head = CompressedLMHead(table)
+    for t in (1, 100):
+        logits = head(torch.ones(1, t, table.embedding_dim))
+        _assert_logits_close(logits[0], expected.expand(t, -1))
+    assert max(decoded, default=0) <= small_tiles
+
+
+def test_fast_paths_decode_nothing(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("decoded rows")
+
+    tables = [
+        TABLES[name](300) for name in ("int4-g32", "int8-row", "pq4-norms", "low-rank")
+    ]
+    tables[2].linear(torch.ones(1, N_FEATURES))  # the norms' scale is made once, by tiles
+    for table in tables:
+        for module in table.modules():
+            monkeypatch.setattr(module, "decode", refuse, raising=False)
+            monkeypatch.setattr(module, "_decode_range", refuse, raising=False)
+        table.linear(torch.randn(2, N_FEATURES))
+
+
+def test_derived_values_are_small_and_follow_the_stored_tensors():
+    table, other = _partitioned(600, seed=0), _partitioned(600, seed=1)
+    hidden = torch.randn(4, N_FEATURES)
+    assert table.derived_bytes == 0
+    table.linear(hidden)
+    # row maps (3 x int64 a row), the norm scale of the PQ part, the field layouts
+    assert 0 < table.derived_bytes < 600 * (3 * 8 + 4) + 8192
+    assert "_derived_cache" not in table.state_dict()
+    table.load_state_dict(other.state_dict())
+    assert table.derived_bytes == 0
+    _assert_logits_close(table.linear(hidden), F.linear(hidden, other.decode()))
+    table.to(torch.float64)
+    assert table.derived_bytes == 0
+
+
+def test_linear_is_differentiable_in_hidden():
+    table = TABLES["int3-g32"](300)
+    hidden = torch.randn(3, N_FEATURES, requires_grad=True)
+    reference = hidden.detach().clone().requires_grad_(True)
+    grad = torch.randn(3, 300)
+    table.linear(hidden).backward(grad)
+    F.linear(reference, table.decode()).backward(grad)
+    torch.testing.assert_close(hidden.grad, reference.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_integer_kernel_failure_falls_back(monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("no integer kernel here")
+
+    monkeypatch.setattr(torch, "_int_mm", fail, raising=False)
+    monkeypatch.setitem(_scalar_linear._INT_MM_WORKS, "cpu", True)
+    table = TABLES["int4-g32"](300)
+    hidden = torch.randn(1, N_FEATURES)
+    _assert_logits_close(table.linear(hidden), F.linear(hidden, table.decode()))
+    assert not _scalar_linear._INT_MM_WORKS["cpu"]
+
+
+def test_embedding_decodes_only_the_rows_looked_up(monkeypatch):
+    table, weight = _table_and_weight("partitioned")
+    ids = torch.tensor([[5, 399, 5], [0, 17, 200]])
+    expected = weight[ids]
+
+    def refuse_whole(self, indices=None, _original=PartitionedTable.decode):
+        assert indices is not None and torch.as_tensor(indices).numel() == ids.numel()
+        return _original(self, indices)
+
+    monkeypatch.setattr(PartitionedTable, "decode", refuse_whole)
+    torch.testing.assert_close(CompressedEmbedding(table)(ids), expected)
+
+
+@pytest.mark.parametrize("make", [lambda V: _scalar(V, 3, 8, d=32), lambda V: _pq(V, 32)])
+def test_greedy_generation_matches_the_decoded_head(make, tiny_llama, tiny_tokenizer):
+    from skdirection.adapters.transformers import patch_embeddings
+
+    model = tiny_llama
+    table = make(len(tiny_tokenizer))
+    patch_embeddings(model, table, target="both")
+    prompt = tiny_tokenizer("the quick brown fox", return_tensors="pt").input_ids
+
+    def generate():
+        with torch.no_grad():
+            return model.generate(prompt, max_new_tokens=12, do_sample=False)
+
+    compressed = generate()
+    decoded_head = nn.Linear(32, len(tiny_tokenizer), bias=False)
+    decoded_head.weight = nn.Parameter(table.decode(), requires_grad=False)
+    model.lm_head = decoded_head
+    torch.testing.assert_close(generate(), compressed, rtol=0, atol=0)

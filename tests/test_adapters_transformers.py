@@ -235,18 +235,22 @@ def test_load_errors_name_the_file(tiny_llama, tmp_path):
     from .conftest import names
 
     with pytest.raises(ValueError, match=names(tmp_path, "holds no readable patch.json")):
-        load_compressed(tiny_llama, tmp_path)
+        load_compressed(tmp_path, model=tiny_llama)
     patch_embeddings(tiny_llama, _svd(tiny_llama))
     save_compressed(tiny_llama, tmp_path)
     unpatch_embeddings(tiny_llama)
     table = tmp_path / "table.safetensors"
     table.write_bytes(table.read_bytes()[:100])
     with pytest.raises(ValueError, match=names(table, "not a readable safetensors file")):
-        load_compressed(tiny_llama, tmp_path)
+        load_compressed(tmp_path, model=tiny_llama)
     patch = tmp_path / "patch.json"
     patch.write_text('{"format": "something-else"}')
     with pytest.raises(ValueError, match=names(patch, "is not an skdirection patch")):
-        load_compressed(tiny_llama, tmp_path)
+        load_compressed(tmp_path, model=tiny_llama)
+    with pytest.raises(ValueError, match=names(tmp_path, "holds no readable patch.json")):
+        load_compressed(tmp_path / "missing")
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match=names(patch, "")):
+        load_compressed(tiny_llama, tmp_path)  # the earlier order, same checks
     assert getattr(tiny_llama, "_skdirection_patch", None) is None
 
 

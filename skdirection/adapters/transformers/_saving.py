@@ -94,6 +94,11 @@ def _kept_weights(model, replaced_paths):
 
 def _read_description(directory):
     path = Path(directory) / _PATCH_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"{Path(directory)} holds no readable {_PATCH_FILE}: it is not a folder "
+            "written by save_compressed."
+        )
     try:
         description = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -135,9 +140,8 @@ def load_compressed(directory, model=None, *, dtype=None):
             stacklevel=2,
         )
         directory, model = model, directory
-        return patch_embeddings(
-            model, _table(directory), _read_description(directory)["target"]
-        )
+        target = _read_description(directory)["target"]
+        return patch_embeddings(model, _table(directory), target)
     description = _read_description(directory)
     if model is not None:
         patch_embeddings(model, _table(directory), description["target"])

@@ -170,7 +170,6 @@ def _evaluate_command(args):
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "ratio_unit": args.ratio_unit,
-        "weighted": args.counts_text is not None,
     }
     try:
         rows = evaluate(

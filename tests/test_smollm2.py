@@ -117,3 +117,43 @@ def test_leading_token_ids_equal_the_head_of_the_full_tokenization(smollm2, max_
     assert len(full) > 20 * max_tokens  # the prefix path is really taken
     assert _leading_token_ids(tokenizer, text, max_tokens) == full[:max_tokens]
     assert _leading_token_ids(tokenizer, text, None) == full
+
+
+def test_counts_from_another_text_never_hurt_auto(smollm2):
+    """Counts from news stories, perplexity on Wikipedia: tokens the counts never saw
+    still get a row the model can read, so ``auto`` with counts does no worse than
+    ``auto`` without them at the same stored bytes, for the tied table (the case in
+    which one crushed rare row gives a large logit in every context)."""
+    from skdirection.adapters.transformers import evaluate
+    from skdirection.datasets import load_lee_text, load_wikipedia_text
+
+    model, tokenizer = smollm2
+    common = dict(
+        target="both",
+        eval_texts=load_wikipedia_text()[:20],
+        max_tokens=4096,
+        progress=False,
+    )
+    options = {"ratio_unit": "bytes", "seed": 0}
+    with_counts = evaluate(
+        model,
+        tokenizer,
+        ["auto"],
+        [8.0, 16.0],
+        counts_texts=load_lee_text(),
+        options=options,
+        **common,
+    )
+    without = evaluate(
+        model,
+        tokenizer,
+        ["auto"],
+        [8.0, 16.0],
+        options=options,
+        **common,
+    )
+    for counted, plain in zip(with_counts[1:], without[1:], strict=True):
+        assert counted["note"] is None and plain["note"] is None
+        assert counted["bytes_ratio"] >= counted["requested_ratio"]
+        assert plain["bytes_ratio"] >= plain["requested_ratio"]
+        assert counted["perplexity"] <= plain["perplexity"], (counted, plain)

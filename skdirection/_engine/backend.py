@@ -105,25 +105,32 @@ def chunk_rows_for(n_features):
 
 
 def file_backing(X):
-    """``(filename, offset)`` of a whole-file, C-ordered ``numpy.memmap``, else ``None``."""
-    if (
+    """``(filename, offset)`` of a C-ordered 2-D ``numpy.memmap`` (a whole file, or a
+    contiguous row slice of one), else ``None``."""
+    if not (
         isinstance(X, np.memmap)
-        and isinstance(X.base, mmap.mmap)
         and X.ndim == 2
         and X.flags.c_contiguous
         and getattr(X, "filename", None)
     ):
-        return X.filename, X.offset
-    return None
+        return None
+    # Views of a memmap are memmaps that inherit the file's offset, not their own: the
+    # array made on the mapping itself knows where its first byte lies in the file.
+    root = X
+    while not isinstance(root.base, mmap.mmap):
+        root = root.base
+        if not isinstance(root, np.ndarray):
+            return None
+    return X.filename, root.offset + (X.ctypes.data - root.ctypes.data)
 
 
 class RowSource:
     """The rows of a 2-D table, read one chunk at a time.
 
-    Rows of a whole-file memmap are read with ordinary file reads rather than through
-    the mapping: pages touched through a mapping stay in the process's resident memory,
-    so a table larger than RAM would not stream. ``n_rows`` may exceed the table: rows
-    past its end read as zeros (a shard padded to equal size).
+    Rows of a memmap (or a row slice of one) are read with ordinary file reads rather
+    than through the mapping: pages touched through a mapping stay in the process's
+    resident memory, so a table larger than RAM would not stream. ``n_rows`` may exceed
+    the table: rows past its end read as zeros (a shard padded to equal size).
 
     Parameters
     ----------
@@ -188,7 +195,8 @@ class RowSource:
 def as_source(X, original=None, **kwargs):
     """A :class:`RowSource` over validated ``X``.
 
-    It reads from ``original``'s file when ``original`` is a whole-file memmap and
+    It reads from ``original``'s file when ``original`` is a memmap (or a row slice of
+    one) and
     validation kept ``X`` a view of it (no dtype conversion, no copy).
     """
     backing = file_backing(original)

@@ -170,6 +170,7 @@ def _evaluate_command(args):
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "ratio_unit": args.ratio_unit,
+        "verbose": 0 if args.quiet else 1,
     }
     try:
         rows = evaluate(

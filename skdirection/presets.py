@@ -4,7 +4,9 @@ A method is one entry: a function that, given the shape of the embedding matrix,
 compression ratio to meet and the run's options, returns an unfitted estimator whose
 ``compress`` stores a table at least ``ratio`` times smaller than the float32 matrix.
 ``options["ratio_unit"]`` says what is counted: ``"params"`` (stored values, the paper's
-metric) or ``"bytes"``. A new method is one more :func:`register_method` call.
+metric) or ``"bytes"``. The estimator then takes the run's ``device``, ``seed`` (as
+``random_state``) and ``verbose`` wherever it has those parameters. A new method is one
+more :func:`register_method` call.
 """
 
 from dataclasses import dataclass
@@ -63,7 +65,11 @@ def build_compressor(name, n_rows, n_features, ratio, options=None):
         raise ValueError(
             f"ratio_unit must be one of {RATIO_UNITS}, got {merged['ratio_unit']!r}."
         )
-    return METHODS[name].build(n_rows, n_features, ratio, merged)
+    estimator = METHODS[name].build(n_rows, n_features, ratio, merged)
+    shared = {"device": merged["device"], "random_state": merged["seed"]}
+    shared["verbose"] = merged["verbose"]
+    params = estimator.get_params(deep=False)
+    return estimator.set_params(**{k: v for k, v in shared.items() if k in params})
 
 
 def low_rank_components(n_rows, n_features, ratio, *, bias=False):
@@ -161,11 +167,7 @@ def auto_compressor(n_rows, n_features, ratio, ratio_unit, weighted=False):
 # Low-rank tables store float32, so their bytes ratio equals their parameters ratio and
 # one rank serves both units.
 def _svd(n_rows, n_features, ratio, options):
-    return TruncatedSVDCompressor(
-        n_components=low_rank_components(n_rows, n_features, ratio),
-        device=options["device"],
-        random_state=options["seed"],
-    )
+    return TruncatedSVDCompressor(low_rank_components(n_rows, n_features, ratio))
 
 
 def _direction(n_rows, n_features, ratio, options):
@@ -173,21 +175,13 @@ def _direction(n_rows, n_features, ratio, options):
         low_rank_components(n_rows, n_features, ratio, bias=True),
         max_iter=options["epochs"],
         batch_size=options["batch_size"],
-        device=options["device"],
-        random_state=options["seed"],
-        verbose=options["verbose"],
     )
 
 
 def _direction_fast(n_rows, n_features, ratio, options):
     # The package's own training (SVD start, large batches, few epochs); the paper's
     # epochs and batch size do not apply to it.
-    return DirectionAutoEncoder(
-        low_rank_components(n_rows, n_features, ratio, bias=True),
-        device=options["device"],
-        random_state=options["seed"],
-        verbose=options["verbose"],
-    )
+    return DirectionAutoEncoder(low_rank_components(n_rows, n_features, ratio, bias=True))
 
 
 def _scalar(n_rows, n_features, ratio, options):
@@ -214,24 +208,17 @@ def _product(n_rows, n_features, ratio, options):
             f"ratio {ratio} is too high for product quantization of a {n_rows} x "
             f"{n_features} table: even one code a row and its codebook store more."
         )
-    return ProductQuantizer(
-        block_size, device=options["device"], random_state=options["seed"]
-    )
+    return ProductQuantizer(block_size)
 
 
 def _mixed(n_rows, n_features, ratio, options):
-    return FrequencyMixedCompressor(
-        ratio, ratio_unit=options["ratio_unit"], random_state=options["seed"]
-    )
+    return FrequencyMixedCompressor(ratio, ratio_unit=options["ratio_unit"])
 
 
 def _auto(n_rows, n_features, ratio, options):
-    estimator = auto_compressor(
+    return auto_compressor(
         n_rows, n_features, ratio, options["ratio_unit"], options["weighted"]
     )
-    if "random_state" in estimator.get_params():
-        estimator.set_params(random_state=options["seed"])
-    return estimator
 
 
 register_method("svd", _svd, "truncated SVD, not centred (the paper's baseline)")

@@ -346,12 +346,12 @@ def test_ratio_to_components():
 
 def test_direction_method_trains_the_papers_way_and_fast_method_the_packages():
     from skdirection.estimators import PAPER_PARAMS
-    from skdirection.presets import DEFAULT_OPTIONS, METHODS
+    from skdirection.presets import build_compressor
 
-    paper = METHODS["direction"].build(49152, 576, 5.0, dict(DEFAULT_OPTIONS))
+    paper = build_compressor("direction", 49152, 576, 5.0)
     assert {k: paper.get_params()[k] for k in PAPER_PARAMS} == PAPER_PARAMS
     assert paper.random_state == 1
-    fast = METHODS["direction-fast"].build(49152, 576, 5.0, dict(DEFAULT_OPTIONS))
+    fast = build_compressor("direction-fast", 49152, 576, 5.0)
     assert fast.get_params()["init"] == "auto" and fast.n_components == paper.n_components
 
 

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from skdirection import DirectionAutoEncoder, ProductQuantizer, TruncatedSVDCompressor
+from skdirection import (
+    DirectionAutoEncoder,
+    ProductQuantizer,
+    ScalarQuantizer,
+    TruncatedSVDCompressor,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 FAST = dict(max_iter=5, learning_rate=1e-2, lr_step_size=100, random_state=0)
@@ -62,3 +67,18 @@ def test_cuda_product_quantizer_matches_cpu_quality(embeddings):
     # Same starting rows; sums in another order may flip a few ties.
     assert gpu.score(X) == pytest.approx(cpu.score(X), abs=0.01)
     assert isinstance(gpu.compress(X).decode(), torch.Tensor)
+
+
+def test_cuda_scalar_quantizer_matches_cpu(embeddings):
+    gpu = ScalarQuantizer(3, group_size=8, device="cuda").fit(embeddings)
+    cpu = ScalarQuantizer(3, group_size=8, device="cpu").fit(embeddings)
+    np.testing.assert_allclose(
+        gpu.inverse_transform(gpu.transform(embeddings)),
+        cpu.inverse_transform(cpu.transform(embeddings)),
+        atol=1e-3,
+    )
+    table = gpu.compress(embeddings)
+    assert table.decode().device.type == "cpu"
+    np.testing.assert_allclose(
+        table.decode().numpy(), cpu.compress(embeddings).decode().numpy(), atol=1e-3
+    )

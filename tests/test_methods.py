@@ -5,6 +5,7 @@ import pytest
 
 from skdirection import FrequencyMixedCompressor, ProductQuantizer, ScalarQuantizer
 from skdirection.presets import (
+    METHODS,
     SCALAR_CONFIGS,
     auto_compressor,
     build_compressor,
@@ -142,3 +143,17 @@ def test_pq_meets_the_ratio_and_its_size_is_predicted(unit, ratio):
 def test_pq_rejects_an_unreachable_ratio():
     with pytest.raises(ValueError, match="too high for product quantization"):
         build_compressor("pq", 300, 64, 60.0, {"ratio_unit": "bytes"})
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_takes_the_run_options(name):
+    options = {"device": "cpu", "seed": 7, "verbose": 1, "ratio_unit": "bytes"}
+    try:
+        estimator = build_compressor(name, 3000, 64, 8, options)
+    except ValueError:  # a ratio the method cannot meet
+        estimator = build_compressor(name, 3000, 64, 4, options)
+    params = estimator.get_params(deep=False)
+    requested = {"device": "cpu", "random_state": 7, "verbose": 1}
+    taken = {k: params[k] for k in requested if k in params}
+    assert "device" in taken
+    assert taken == {k: requested[k] for k in taken}

@@ -124,3 +124,16 @@ def test_transform_before_fit(make):
 
     with pytest.raises(NotFittedError):
         make().transform(X)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize(
+    "name", ["ScalarQuantizer", "ProductQuantizer", "FrequencyMixedCompressor"]
+)
+def test_every_estimator_refuses_an_absent_cuda_in_fit(name):
+    import skdirection
+
+    estimator = getattr(skdirection, name)()
+    rows = np.random.RandomState(0).normal(size=(300, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        estimator.set_params(device="cuda").fit(rows)

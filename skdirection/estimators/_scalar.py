@@ -8,7 +8,7 @@ from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .._engine.backend import float32_rows
+from .._engine.backend import float32_rows, inference_device, resolve_device
 from ..codecs.scalar import FLOAT16_MAX, SUPPORTED_BITS, ScalarCodec, dequantize, n_groups
 from ._base import BaseCompressor
 
@@ -38,6 +38,10 @@ class ScalarQuantizer(BaseCompressor):
         Precision of the stored scales and offsets (counted in the table's bytes).
     clip_search : bool, default=True
         Search each group's clipping range; ``False`` uses the plain ``[min, max]``.
+    device : str, default="auto"
+        Torch device of the quantization (the clipping search is most of its work):
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Tables and codes are
+        returned on the CPU.
 
     Attributes
     ----------
@@ -86,13 +90,23 @@ class ScalarQuantizer(BaseCompressor):
         "group_size": [Interval(Integral, 1, None, closed="left"), None],
         "scale_dtype": [StrOptions({"float16", "float32"})],
         "clip_search": ["boolean"],
+        "device": [str],
     }
 
-    def __init__(self, bits=4, *, group_size=None, scale_dtype="float16", clip_search=True):
+    def __init__(
+        self,
+        bits=4,
+        *,
+        group_size=None,
+        scale_dtype="float16",
+        clip_search=True,
+        device="auto",
+    ):
         self.bits = bits
         self.group_size = group_size
         self.scale_dtype = scale_dtype
         self.clip_search = clip_search
+        self.device = device
 
     _fitted_marker = "bits_per_value_"
 
@@ -120,6 +134,7 @@ class ScalarQuantizer(BaseCompressor):
         X = self._validate_rows(X, reset=True)
         self._check_sample_weight(sample_weight, X)
         self._check_range(X)
+        resolve_device(self.device)  # an unavailable device fails here, not later
         n_features = X.shape[1]
         codec = self._codec()
         self.group_size_ = codec.group_size_for(n_features)
@@ -141,7 +156,11 @@ class ScalarQuantizer(BaseCompressor):
 
     def _quantize(self, X):
         self._check_range(X)
-        return self._codec().quantize(torch.from_numpy(np.ascontiguousarray(X)))
+        codes, scales, offsets = self._codec().quantize(self._rows(X))
+        return codes.cpu(), scales.cpu(), offsets.cpu()
+
+    def _rows(self, X):
+        return torch.from_numpy(np.ascontiguousarray(X)).to(inference_device(self.device))
 
     def _encode(self, source):
         pieces = []
@@ -175,4 +194,4 @@ class ScalarQuantizer(BaseCompressor):
         check_is_fitted(self)
         X = self._validate_rows(X, reset=False)
         self._check_range(X)
-        return self._codec().encode(torch.from_numpy(np.ascontiguousarray(X)))
+        return self._codec().encode(self._rows(X)).to("cpu")

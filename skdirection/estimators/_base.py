@@ -40,8 +40,8 @@ class TableCompressor(BaseEstimator):
     def _validate_source(self, X, *, reset):
         """Validated rows of ``X`` as a :class:`RowSource` that streams a memmap.
 
-        A whole-file memmap is neither copied nor scanned here: its rows are checked
-        for NaN and infinity chunk by chunk as they are read.
+        A memmap (or a row slice of one) is neither copied nor scanned here: its rows
+        are checked for NaN and infinity chunk by chunk as they are read.
         """
         _check_numeric(X)
         streamed = file_backing(X) is not None

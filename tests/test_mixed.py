@@ -200,3 +200,26 @@ def test_rows_the_counts_never_saw_are_floored(data):
     # Scaling the weights scales the floor: the same assignment.
     scaled = FrequencyMixedCompressor(8, **params).fit(X, sample_weight=counts * 1e-3)
     np.testing.assert_array_equal(scaled.assignment_, floored.assignment_)
+
+
+@pytest.mark.parametrize("unit", ["bytes", "params"])
+def test_every_candidate_measures_what_its_table_decodes(embeddings, unit):
+    # The mix chooses codecs by the cosine error of codec.reconstruct: it must be the
+    # error of the table that codec.encode stores (its float16 bases included).
+    from skdirection._engine.numerics import row_cosine
+    from skdirection.estimators._mixed._candidates import CANDIDATE_FAMILIES
+
+    mix = FrequencyMixedCompressor(4, ratio_unit=unit, block_sizes=(4,), ranks=(6, 3))
+    rows = torch.from_numpy(embeddings)
+    weight = np.ones(len(rows))
+    generator = torch.Generator().manual_seed(0)
+    n_codecs = 0
+    for family in CANDIDATE_FAMILIES.values():
+        codecs = family.codecs(mix, *rows.shape)
+        family.fit(codecs, rows, weight, generator)
+        for codec in codecs:
+            measured = row_cosine(codec.reconstruct(rows), rows)
+            stored = row_cosine(codec.encode(rows).decode(), rows)
+            torch.testing.assert_close(measured, stored, rtol=0, atol=1e-6)
+            n_codecs += 1
+    assert n_codecs >= 4

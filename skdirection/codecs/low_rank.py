@@ -260,9 +260,10 @@ class ProjectionCodec(Codec):
         )
 
     def reconstruct(self, rows):
-        # Decoded through the float32 basis, where the table stores basis_dtype.
+        # Encoded through the float32 basis, decoded through the stored one, as the table.
         components = self.components.to(rows.device)
-        return self.latent.reconstruct(rows @ components.T) @ components
+        stored = components.to(self.basis_dtype).to(rows.dtype)
+        return self.latent.reconstruct(rows @ components.T) @ stored
 
     def row_size(self, n_features):
         return self.latent.row_size(self.n_components)

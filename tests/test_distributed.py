@@ -33,8 +33,8 @@ def _free_port():
         return probe.getsockname()[1]
 
 
-def _torchrun(table, output, *args):
-    """Run the ``skdirection.distributed`` command in 2 processes; the fitted model."""
+def _launch(*args):
+    """Run ``torch.distributed.run`` with ``args`` in 2 processes."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -49,14 +49,15 @@ def _torchrun(table, output, *args):
         "--nnodes=1",
         "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}",
-        "-m",
-        "skdirection.distributed",
-        str(table),
-        str(output),
         *args,
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _torchrun(table, output, *args):
+    """Run the ``skdirection.distributed`` command in 2 processes; the fitted model."""
+    _launch("-m", "skdirection.distributed", str(table), str(output), *args)
     return joblib.load(output)
 
 
@@ -146,3 +147,36 @@ def test_mini_batches_follow_the_same_expected_update(uneven):
     score = single.score(X, sample_weight=weight)
     assert parallel.score(X, sample_weight=weight) == pytest.approx(score, abs=0.02)
     assert abs(half_batch.score(X, sample_weight=weight) - score) > 0.1
+
+
+# Every process writes the estimator it ends with (the command writes process 0's only).
+_FIT_EVERY_PROCESS = """
+import ast, os, sys
+import joblib, numpy as np
+from skdirection import DirectionAutoEncoder
+from skdirection.distributed import fit_distributed
+
+table, weight, output, params = sys.argv[1:]
+model = DirectionAutoEncoder(4, **ast.literal_eval(params))
+fit_distributed(table, model, sample_weight=np.load(weight))
+joblib.dump(model, f"{output}.{os.environ['RANK']}.joblib")
+"""
+
+
+def test_mini_batch_steps_keep_every_process_on_the_same_model(uneven):
+    """Each mini-batch step averages the gradients over the processes, so the copies of
+    the model never drift apart: every process ends with the same estimator. A step
+    that used only its own shard's gradient would leave two different models, and
+    process 0 would write a model of half the table."""
+    _, _, table, weight = uneven
+    script = table.with_name("fit_every_process.py")
+    script.write_text(_FIT_EVERY_PROCESS)
+    output = table.with_name("model")
+    params = {**UNEVEN, "batch_size": 32}
+    _launch(str(script), str(table), str(weight), str(output), repr(params))
+    first, second = (joblib.load(f"{output}.{rank}.joblib") for rank in (0, 1))
+    assert first.n_iter_ == second.n_iter_ == 6
+    np.testing.assert_array_equal(first.loss_curve_, second.loss_curve_)
+    for name in ("encoder_coefs_", "decoder_coefs_", "decoder_intercepts_"):
+        for a, b in zip(getattr(first, name), getattr(second, name), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=name)

@@ -203,13 +203,16 @@ def test_a_saved_folder_patches_a_base_model_in_memory(
     "missing", ["config.json", "model.safetensors", "table.safetensors"]
 )
 def test_a_folder_missing_a_file_is_named(tiny_llama, tmp_path, missing):
+    from .conftest import names
+
     patch_embeddings(tiny_llama, _svd(tiny_llama))
     save_compressed(tiny_llama, tmp_path)
     (tmp_path / missing).unlink()
-    with pytest.raises(ValueError, match=f"lacks {missing}"):
+    with pytest.raises(ValueError, match=names(tmp_path, f"lacks {missing}")):
         load_compressed(tmp_path)
-    (tmp_path / "patch.json").write_text("{not json")
-    with pytest.raises(ValueError, match="patch.json cannot be read"):
+    patch = tmp_path / "patch.json"
+    patch.write_text("{not json")
+    with pytest.raises(ValueError, match=names(patch, "cannot be read")):
         load_compressed(tmp_path)
 
 
@@ -246,6 +249,9 @@ def test_load_errors_name_the_file(tiny_llama, tmp_path):
     patch = tmp_path / "patch.json"
     patch.write_text('{"format": "something-else"}')
     with pytest.raises(ValueError, match=names(patch, "is not an skdirection patch")):
+        load_compressed(tmp_path, model=tiny_llama)
+    patch.write_text('{"format": "skdirection-patch", "version": 2, "target": "nowhere"}')
+    with pytest.raises(ValueError, match=names(patch, "names no valid target")):
         load_compressed(tmp_path, model=tiny_llama)
     with pytest.raises(ValueError, match=names(tmp_path, "holds no readable patch.json")):
         load_compressed(tmp_path / "missing")

@@ -4,8 +4,9 @@
 what they computed there (codes and decoded tables) beside them, with a manifest naming
 the GPU and the versions. ``load`` (on a machine without CUDA) unpickles them and checks
 that they transform, compress and score on the CPU to the same numbers, and refuse to
-refit on the missing GPU. The default folder is the fixture the CPU-only test suite
-loads, so the real round trip is::
+refit on the missing GPU. The default folder is the fixture that
+``tests/test_hardening.py::test_gpu_fitted_fixture_works_on_a_cpu`` loads once it is
+committed (until then that test skips, saying so), so the real round trip is::
 
     python benchmarks/cuda_pickle_check.py dump    # on the GPU machine, then commit
                                                    # tests/data/cuda_fitted/

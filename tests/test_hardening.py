@@ -429,3 +429,24 @@ def test_row_cosine_is_scale_invariant_for_tiny_rows():
     X = np.array([[1.0, 0.0]]) * 1e-31
     Y = np.array([[1.0, 1.0]]) * 1e-31
     np.testing.assert_allclose(row_cosine_similarity(X, Y), [np.sqrt(0.5)])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a CPU-only machine")
+def test_gpu_fitted_fixture_works_on_a_cpu():
+    """Models fitted and pickled on a GPU (``benchmarks/cuda_pickle_check.py dump``)
+    transform, compress and score on this CPU to the numbers the GPU wrote."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / "cuda_pickle_check.py"
+    spec = importlib.util.spec_from_file_location("cuda_pickle_check", script)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    if not (check.FIXTURE / "manifest.json").is_file():
+        pytest.skip(
+            "no GPU-fitted fixture committed yet: run `python "
+            "benchmarks/cuda_pickle_check.py dump` on a machine with CUDA and commit "
+            "tests/data/cuda_fitted/"
+        )
+    check.load(check.FIXTURE)

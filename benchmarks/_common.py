@@ -17,6 +17,12 @@ def format_table(rows, columns):
     return report.format_table(rows, columns, cell=report.significant_digits)
 
 
+def load_average():
+    """The machine's load (``uptime``'s 1, 5 and 15 minute averages) as a line to print
+    beside timings: the benchmarks may share the CPUs with other work."""
+    return "load average {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
+
+
 def timed(function, *args, **kwargs):
     """``(result, seconds)`` of one call."""
     start = time.perf_counter()

@@ -96,15 +96,18 @@ class FieldLayout:
             ]
         else:
             self.word_ops = None
+            # (byte >> rshift) << lshift, then the field's bits kept where it landed:
+            # one pass each, written straight into the plane.
+            kept = (and_mask >> rshift) << lshift
             self.byte_ops = [
                 tuple(
                     None
                     if bool((row == identity).all())
                     else row[None].to(device, torch.uint8)
                     for row, identity in (
-                        (and_mask[p], 0xFF),
                         (rshift[p], 0),
                         (lshift[p], 0),
+                        (kept[p], 0xFF),
                     )
                 )
                 for p in range(self.n_planes)
@@ -127,13 +130,16 @@ class FieldLayout:
                 else:
                     torch.bitwise_and(words, mask, out=plane)
             return out
-        for p, (and_mask, rshift, lshift) in enumerate(self.byte_ops):
+        for p, (rshift, lshift, kept) in enumerate(self.byte_ops):
             plane = planes[:, p]
-            plane.copy_(packed if and_mask is None else packed & and_mask)
-            if rshift is not None:
-                plane.bitwise_right_shift_(rshift)
+            if rshift is None:
+                plane.copy_(packed)
+            else:
+                torch.bitwise_right_shift(packed, rshift, out=plane)
             if lshift is not None:
                 plane.bitwise_left_shift_(lshift)
+            if kept is not None:
+                plane.bitwise_and_(kept)
         return out
 
     def int8_fields(self, packed, out):

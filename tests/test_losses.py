@@ -54,3 +54,26 @@ def test_weights_select_rows():
     only_second = direction_loss(x_hat, x, torch.tensor([0.0, 2.0]), **kwargs)
     assert only_first.item() == pytest.approx(0.0, abs=1e-6)
     assert only_second.item() == pytest.approx(1.0)
+
+
+def test_cosine_distance_matches_torch_in_values_and_gradients():
+    import torch.nn.functional as F
+
+    from skdirection._engine.losses import cosine_distance
+
+    generator = torch.Generator().manual_seed(0)
+    X_hat = torch.randn(40, 9, dtype=torch.float64, generator=generator)
+    X = torch.randn(40, 9, dtype=torch.float64, generator=generator)
+    X_hat[3], X[5] = 0.0, 0.0  # clamped norms
+    X_hat.requires_grad_(True)
+    X.requires_grad_(True)
+    upstream = torch.randn(40, dtype=torch.float64, generator=generator)
+    ours = cosine_distance(X_hat, X)
+    theirs = 1 - F.cosine_similarity(X_hat, X, dim=1, eps=1e-6)
+    torch.testing.assert_close(ours, theirs)
+    for mine, reference in zip(
+        torch.autograd.grad((ours * upstream).sum(), (X_hat, X)),
+        torch.autograd.grad((theirs * upstream).sum(), (X_hat, X)),
+        strict=True,
+    ):
+        torch.testing.assert_close(mine, reference)

@@ -1,15 +1,43 @@
 """The direction loss of Balazy et al. (2021) and its parts, per row."""
 
 import torch
-import torch.nn.functional as F
 
 COSINE_EPS = 1e-6
 ELEMENT_EPS = 1e-10
 
 
+class _CosineDistance(torch.autograd.Function):
+    """``1 - cos`` per row with a hand-written backward: the same values and gradients
+    as ``F.cosine_similarity`` (each norm clamped at ``COSINE_EPS``), in fewer passes
+    over the batch, which matters because the loss is a large part of a training step."""
+
+    @staticmethod
+    def forward(ctx, X_hat, X):
+        hat_norms = X_hat.norm(dim=1).clamp_min(COSINE_EPS)
+        norms = X.norm(dim=1).clamp_min(COSINE_EPS)
+        cosine = (X_hat * X).sum(dim=1) / (hat_norms * norms)
+        ctx.save_for_backward(X_hat, X, hat_norms, norms, cosine)
+        return 1.0 - cosine
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        X_hat, X, hat_norms, norms, cosine = ctx.saved_tensors
+        scale = -grad_output / (hat_norms * norms)
+        grads = []
+        for this, other, this_norms in ((X_hat, X, hat_norms), (X, X_hat, norms)):
+            if not ctx.needs_input_grad[len(grads)]:
+                grads.append(None)
+                continue
+            # A clamped norm is a constant: only the dot product's gradient remains.
+            radial = torch.where(this_norms > COSINE_EPS, cosine / this_norms**2, 0.0)
+            grad = other * scale[:, None]
+            grads.append(grad.addcmul_(this, (radial * grad_output)[:, None]))
+        return tuple(grads)
+
+
 def cosine_distance(X_hat, X):
-    """``1 - cos(x_hat, x)`` for every row."""
-    return 1.0 - F.cosine_similarity(X_hat, X, dim=1, eps=COSINE_EPS)
+    """``1 - cos(x_hat, x)`` for every row (each norm clamped at ``COSINE_EPS``)."""
+    return _CosineDistance.apply(X_hat, X)
 
 
 class _ElementError(torch.autograd.Function):

@@ -112,6 +112,71 @@ def spacy_vectors():
     return np.load(folder / "vectors").astype(np.float32)
 
 
+def spacy_table():
+    """:func:`spacy_vectors` without its all-zero rows (20000 x 300 today).
+
+    About three rows in four share their vector with one to ten other rows (10112
+    distinct vectors): the wheel's table maps several keys to one vector.
+    """
+    X = spacy_vectors()
+    return X[np.linalg.norm(X, axis=1) > 0]
+
+
+def neighbour_meter(X, k=10, n_queries=2000, seed=0):
+    """``measure(Y) -> {"overlap10", "recall10"}``: how well the decoded table ``Y``
+    keeps the cosine neighbours of ``X``, over a fixed sample of ``n_queries`` rows of
+    ``X`` (drawn with ``seed``; the reference neighbours are computed once).
+
+    Both scores rank every other row of the table by cosine to the query row, the query
+    and the table taken from ``X`` for the reference and from ``Y`` for the decoded
+    neighbours (a compressed table searched with its own rows):
+
+    - ``overlap10`` is the mean, over queries, of the fraction of the query's ``k``
+      nearest rows under ``X`` that are among its ``k`` nearest under ``Y`` (rows other
+      than the query itself).
+    - ``recall10`` is faiss's 1-recall@k: the fraction of queries whose true nearest
+      neighbour (under ``X``) is among its ``k`` nearest under ``Y``. Rows with the
+      query's exact vector are left out of both searches, since a deterministic code
+      keeps an exact duplicate trivially.
+    """
+    import torch
+
+    queries = np.random.RandomState(seed).choice(
+        X.shape[0], size=min(n_queries, X.shape[0]), replace=False
+    )
+    rows = torch.arange(len(queries))
+    _, group = np.unique(X, axis=0, return_inverse=True)
+    group = torch.from_numpy(group.ravel())
+    duplicate = group[queries][:, None] == group[None, :]
+
+    def similarities(M):
+        M = torch.from_numpy(
+            np.ascontiguousarray(M, dtype=np.float32)
+            / np.maximum(np.linalg.norm(M, axis=1, keepdims=True), 1e-30)
+        )
+        return M[queries] @ M.T
+
+    def nearest(scores, exclude):
+        scores = scores.clone()
+        scores[exclude] = -np.inf
+        return scores.topk(k, dim=1).indices
+
+    itself = torch.zeros_like(duplicate)
+    itself[rows, torch.from_numpy(queries)] = True
+    reference = similarities(X)
+    top = nearest(reference, itself)
+    first = nearest(reference, duplicate)[:, 0]
+
+    def measure(Y):
+        scores = similarities(Y)
+        found = nearest(scores, itself)
+        overlap = (top[:, :, None] == found[:, None, :]).any(2).float().mean()
+        recall = (nearest(scores, duplicate) == first[:, None]).any(1).float().mean()
+        return {"overlap10": float(overlap), "recall10": float(recall)}
+
+    return measure
+
+
 def lm_meter(model, tokenizer, texts, max_tokens, stride=None):
     """``measure(table=None, target="input")``: the model's perplexity on the first
     ``max_tokens`` tokens of ``texts`` and, against the uncompressed model (measured by

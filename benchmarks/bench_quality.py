@@ -31,7 +31,8 @@ from _common import (  # noqa: E402
     hamlet_text,
     lm_meter,
     machine_description,
-    spacy_vectors,
+    neighbour_meter,
+    spacy_table,
     timed,
     write_csv,
 )
@@ -44,7 +45,7 @@ from skdirection import (  # noqa: E402
     TruncatedSVDCompressor,
 )
 from skdirection.metrics import mean_cosine_similarity  # noqa: E402
-from skdirection.presets import low_rank_components, pq_block_size  # noqa: E402
+from skdirection.presets import low_rank_components  # noqa: E402
 
 LM_COLUMNS = [
     "method",
@@ -61,7 +62,14 @@ LM_COLUMNS = [
     "fit_seconds",
 ]
 TITLES = {"smollm2": "SmolLM2-135M", "gemma3": "Gemma 3 270M"}
-SPACY_COLUMNS = ["target_ratio", "method", "bytes_ratio", "mean_cosine", "overlap10"]
+SPACY_COLUMNS = [
+    "target_ratio",
+    "method",
+    "bytes_ratio",
+    "mean_cosine",
+    "overlap10",
+    "recall10",
+]
 SCALAR = ((8, None), (4, 32), (3, 32), (2, 32), (4, None), (3, None), (2, None))
 # Families whose tied input/output version (--both) is measured too.
 BOTH_FAMILIES = ("scalar-g32", "pq-weighted", "mixed-bytes", "mixed-params", "svd-weighted")
@@ -210,30 +218,15 @@ def run_lm(args):
     return rows
 
 
-def neighbour_overlap(X, Y, k=10, n_queries=2000, seed=0):
-    """Mean overlap of each query row's ``k`` nearest cosine neighbours in X and in Y."""
-    queries = np.random.RandomState(seed).choice(
-        X.shape[0], size=min(n_queries, X.shape[0]), replace=False
-    )
-
-    def neighbours(M):
-        M = torch.from_numpy(
-            M / np.maximum(np.linalg.norm(M, axis=1, keepdims=True), 1e-30)
-        )
-        similarities = M[queries] @ M.T
-        similarities[torch.arange(len(queries)), torch.from_numpy(queries)] = -np.inf
-        return similarities.topk(k, dim=1).indices.numpy()
-
-    a, b = neighbours(X), neighbours(Y)
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
-
-
 def run_spacy():
+    """The low-rank methods and PCA beside this package's quantizers (the methods of
+    ``bench_neighbours.py``, which adds faiss's PQ and OPQ)."""
+    from bench_neighbours import fit_package, package_methods
     from sklearn.decomposition import PCA
 
-    X = spacy_vectors()
-    X = X[np.linalg.norm(X, axis=1) > 0]
+    X = spacy_table()
     n, d = X.shape
+    measure = neighbour_meter(X)
     rows = []
 
     def record(ratio, name, Y, n_bytes):
@@ -243,7 +236,7 @@ def run_spacy():
                 method=name,
                 bytes_ratio=X.nbytes / n_bytes,
                 mean_cosine=mean_cosine_similarity(X, Y),
-                overlap10=neighbour_overlap(X, Y),
+                **measure(Y),
             )
         )
         print(rows[-1], flush=True)
@@ -253,20 +246,10 @@ def run_spacy():
         candidates = [
             (f"svd k{k}", TruncatedSVDCompressor(k)),
             (f"direction k{k}", DirectionAutoEncoder(k, random_state=1)),
-            (
-                f"mixed x{ratio}",
-                FrequencyMixedCompressor(ratio, ranks=(8, 16, 32, 64), random_state=0),
-            ),
+            *package_methods(n, d, ratio),
         ]
-        block_size = pq_block_size(n, d, ratio, "bytes")
-        candidates.append((f"pq{block_size}", ProductQuantizer(block_size, random_state=0)))
-        scalar = {8: (4, None), 16: (2, None)}.get(ratio)
-        if scalar:
-            candidates.append((f"int{scalar[0]} row", ScalarQuantizer(scalar[0])))
         for name, estimator in candidates:
-            table = estimator.fit(X).compress(X)
-            with torch.no_grad():
-                record(ratio, name, table.decode().float().numpy(), table.n_bytes)
+            record(ratio, name, *fit_package(estimator, X))
         # PCA stores the latent table, the components and the mean, in float32.
         pca = PCA(k, random_state=0).fit(X)
         record(

@@ -137,3 +137,17 @@ def test_every_estimator_refuses_an_absent_cuda_in_fit(name):
     rows = np.random.RandomState(0).normal(size=(300, 8)).astype(np.float32)
     with pytest.raises(ValueError, match="CUDA is not available"):
         estimator.set_params(device="cuda").fit(rows)
+
+
+@pytest.mark.parametrize("name", ["DirectionAutoEncoder", "FrequencyMixedCompressor"])
+def test_subnormal_weights_weigh_like_any_positive_weights(name):
+    # Normalising them must not overflow (found by tests/test_properties.py).
+    import skdirection
+
+    rows = np.random.RandomState(0).normal(size=(300, 8)).astype(np.float32)
+    make = getattr(skdirection, name)
+    params = {"device": "cpu", "random_state": 0}
+    params["n_components" if name == "DirectionAutoEncoder" else "ratio"] = 2
+    tiny = make(**params).fit(rows, sample_weight=np.full(300, 5e-324))
+    plain = make(**params).fit(rows)
+    assert tiny.score(rows) == pytest.approx(plain.score(rows), rel=1e-6)

@@ -82,5 +82,6 @@ def normalised_row_weight(weight, n_rows, device):
         return torch.ones(n_rows, device=device)
     total = weight.sum()
     padded = np.zeros(n_rows)
-    padded[: len(weight)] = weight * (n_rows / total) if total > 0 else weight
+    # Divided first: n_rows / total overflows for subnormal weights.
+    padded[: len(weight)] = weight / total * n_rows if total > 0 else weight
     return as_tensor(padded, device)

@@ -214,7 +214,7 @@ class FrequencyMixedCompressor(TableCompressor):
             raise ValueError("sample_weight must be finite with a positive sum.")
         weight = np.maximum(weight, self.weight_floor * weight[weight > 0].min())
         weight = np.where(weight > 0, weight**self.weight_power, 0.0)
-        return weight * (n / weight.sum())
+        return weight / weight.sum() * n  # divided first: n / sum overflows if subnormal
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, sample_weight=None):

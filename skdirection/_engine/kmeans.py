@@ -81,7 +81,8 @@ def weighted_kmeans(
     repeated, when there are fewer). Stops early once no code changes. A centroid that
     loses all its rows of positive weight is re-seeded by splitting a cluster of two
     such rows or more, drawn with probability proportional to its weight, as faiss
-    does.
+    does, except after the last update: the codebooks returned are the weighted means
+    of the clusters of the last assignment.
 
     Parameters
     ----------
@@ -97,9 +98,8 @@ def weighted_kmeans(
     init : float tensor of shape (n_blocks, n_centroids, block_size), default=None
     relax : float, default=2.0
         Every update but the last moves a centroid ``relax`` times the way to the
-        weighted mean of its rows (1 is plain Lloyd), so that the codebooks returned are
-        means of their rows. Falls back to 1 once the weighted error of an assignment
-        exceeds the previous one.
+        weighted mean of its rows (1 is plain Lloyd). Falls back to 1 once the weighted
+        error of an assignment exceeds the previous one.
     max_points_per_centroid : int or None, default=256
         When more rows have a positive weight than this many a centroid, the k-means
         runs on ``n_centroids * max_points_per_centroid`` rows drawn with replacement
@@ -139,10 +139,11 @@ def weighted_kmeans(
             if error > previous_error:
                 relax = 1.0
             previous_error = error
-            step = relax if iteration < n_iter - 1 else 1.0
-            codebooks = means if step == 1.0 else codebooks + step * (means - codebooks)
+            if iteration == n_iter - 1:
+                break  # a plain step, and no split that would move a mean
+            codebooks = means if relax == 1.0 else codebooks + relax * (means - codebooks)
             _split_empty(codebooks, clusters.counts, clusters.mass, generator)
-    return codebooks.to(dtype), n_iter
+    return means.to(dtype), n_iter
 
 
 def _augmented_codebooks(codebooks):

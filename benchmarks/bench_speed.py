@@ -1,8 +1,17 @@
-"""Fit time and quality: the fast default autoencoder vs the paper's loop, and our SVD vs
-scikit-learn's TruncatedSVD, on SmolLM2-135M's 49152 x 576 input embedding.
+"""Fit time and quality: the fast default autoencoder vs the paper's loop, our SVD vs
+scikit-learn's TruncatedSVD, and our ProductQuantizer vs faiss's, on SmolLM2-135M's
+49152 x 576 input embedding.
 
     python benchmarks/bench_speed.py --device cpu --threads 2
     python benchmarks/bench_speed.py --device cuda --perplexity-tokens 0
+    python benchmarks/bench_speed.py --threads 2 --only-pq
+
+The product quantizers (needs ``faiss-cpu``; ``--pq-blocks`` with no value skips them)
+learn 256 centroids a block of the unit rows, faiss at 10 iterations, ours at its
+default and at 10, in turn within every repeat so that load from other processes hits
+them alike; the table gives the median time, the 1-minute load average at the start of
+those runs, and the mean squared error of the unit rows encoded with the codebooks
+learned (faiss's encoder for all, every row weighted alike).
 
 Quality is the mean row cosine, the relative Frobenius error and, for the two
 autoencoders, SmolLM2's perplexity on the first ``--perplexity-tokens`` tokens of
@@ -13,6 +22,7 @@ the embedding (perplexity is then skipped).
 """
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -31,10 +41,15 @@ from _common import (  # noqa: E402
     write_csv,
 )
 
-from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor  # noqa: E402
+from skdirection import (  # noqa: E402
+    DirectionAutoEncoder,
+    ProductQuantizer,
+    TruncatedSVDCompressor,
+)
 from skdirection.metrics import mean_cosine_similarity  # noqa: E402
 
 COLUMNS = ["method", "seconds", "epochs", "mean_cosine", "relative_error", "perplexity"]
+PQ_COLUMNS = ["method", "block_size", "seconds", "iterations", "mse", "load", "runs"]
 
 
 def median_fit(make, X, repeats, device):
@@ -51,6 +66,108 @@ def median_fit(make, X, repeats, device):
     return statistics.median(times), model
 
 
+def faiss_codebooks(U, block_size, n_iter):
+    """Codebooks ``(n_blocks, 256, block_size)`` of faiss's ProductQuantizer.train."""
+    import faiss
+
+    d = U.shape[1]
+    pq = faiss.ProductQuantizer(d, d // block_size, 8)
+    pq.cp.niter = n_iter
+    pq.train(U)
+    return faiss.vector_to_array(pq.centroids).reshape(
+        d // block_size, -1, block_size
+    ), n_iter
+
+
+def our_codebooks(U, block_size, max_iter, device):
+    """Codebooks of ProductQuantizer.fit, at faiss's settings (float32, no norms)."""
+    model = ProductQuantizer(
+        block_size,
+        keep_norms=False,
+        max_iter=max_iter,
+        codebook_dtype="float32",
+        device=device,
+        random_state=0,
+    )
+    model.fit(U)
+    return model.codebooks_, model.n_iter_
+
+
+def faiss_mse(U, codebooks):
+    """Mean squared error of the rows ``U`` encoded by faiss with ``codebooks``."""
+    import faiss
+
+    m, k, s = codebooks.shape
+    pq = faiss.ProductQuantizer(U.shape[1], m, 8)
+    faiss.copy_array_to_vector(
+        np.ascontiguousarray(codebooks, "float32").ravel(), pq.centroids
+    )
+    decoded = pq.decode(pq.compute_codes(U))
+    return float(((decoded - U) ** 2).sum(axis=1).mean())
+
+
+def product_quantizer_rows(X, block_sizes, repeats, device):
+    """Our ProductQuantizer.fit against faiss's ProductQuantizer.train, interleaved."""
+    import faiss
+
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    U = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    U = np.ascontiguousarray(U, dtype=np.float32)
+    rows = []
+    for s in block_sizes:
+        methods = [
+            ("faiss ProductQuantizer.train (niter=10)", faiss_codebooks, (U, s, 10)),
+            (
+                "ProductQuantizer.fit (default, max_iter=6)",
+                our_codebooks,
+                (U, s, 6, device),
+            ),
+            ("ProductQuantizer.fit (max_iter=10)", our_codebooks, (U, s, 10, device)),
+        ]
+        runs = {name: [] for name, _, _ in methods}
+        for _ in range(repeats):
+            for name, train, train_args in methods:
+                load = os.getloadavg()[0]
+                (codebooks, n_iter), seconds = timed(train, *train_args)
+                runs[name].append((seconds, load, codebooks, n_iter))
+                print(
+                    f"  [{name}, block {s}: {seconds:.2f} s, load {load:.1f}]", flush=True
+                )
+        for name, results in runs.items():
+            rows.append(
+                {
+                    "method": name,
+                    "block_size": s,
+                    "seconds": statistics.median(r[0] for r in results),
+                    "iterations": results[-1][3],
+                    "mse": faiss_mse(U, results[-1][2]),
+                    "load": statistics.median(r[1] for r in results),
+                    "runs": " ".join(f"{r[0]:.1f}" for r in results),
+                }
+            )
+    return rows
+
+
+def run_product_quantizers(X, args):
+    """Measures, prints and writes the product quantizers' rows."""
+    rows = product_quantizer_rows(X, args.pq_blocks, args.pq_repeats, args.device)
+    print(f"\nSmolLM2 embedding {X.shape[0]} x {X.shape[1]}, unit rows, 256 centroids")
+    print(f"machine: {machine_description(args.device)}, faiss OpenMP threads alike")
+    load = "/".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"load average (1/5/15 min) after the runs: {load}")
+    print(format_table(rows, PQ_COLUMNS))
+    faiss_rows = {r["block_size"]: r for r in rows if r["method"].startswith("faiss")}
+    for r in rows:
+        base = faiss_rows[r["block_size"]]
+        if r is not base:
+            print(
+                f"block {r['block_size']}, {r['method']} / faiss: time "
+                f"x{r['seconds'] / base['seconds']:.2f}, mse x{r['mse'] / base['mse']:.4f}"
+            )
+    name = f"bench_speed_pq_{args.device.replace(':', '')}.csv"
+    print(f"wrote {write_csv(rows, PQ_COLUMNS, RESULTS / name)}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -61,11 +178,19 @@ def main():
     parser.add_argument("--skip-paper", action="store_true")
     parser.add_argument("--perplexity-tokens", type=int, default=2048)
     parser.add_argument("--table", help="a 2-D .npy instead of SmolLM2's embedding")
+    parser.add_argument("--pq-blocks", type=int, nargs="*", default=[4, 8])
+    parser.add_argument("--pq-repeats", type=int, default=3)
+    parser.add_argument(
+        "--only-pq", action="store_true", help="only the product quantizers against faiss"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     X = np.load(args.table) if args.table else smollm2_embedding()
     k, device = args.k, args.device
+    if args.only_pq:
+        run_product_quantizers(X, args)
+        return
     measure = None
     if args.perplexity_tokens and not args.table:
         from skdirection.datasets import load_smollm2, load_wikipedia_text
@@ -133,6 +258,8 @@ def main():
         )
     out = write_csv(rows, COLUMNS, RESULTS / f"bench_speed_{device.replace(':', '')}.csv")
     print(f"wrote {out}")
+    if args.pq_blocks:
+        run_product_quantizers(X, args)
 
 
 if __name__ == "__main__":

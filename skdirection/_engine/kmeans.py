@@ -1,11 +1,35 @@
-"""Weighted k-means over many independent groups of columns at once (Lloyd's algorithm),
-the training step of product quantization."""
+"""Weighted k-means over many independent blocks of columns at once, the training step of
+product quantization.
+
+What makes it fast follows faiss's k-means [1]_: squared distances come from one matrix
+product a chunk of rows, with the norms folded in; training uses at most a few hundred
+rows a centroid; few iterations suffice. On top of that, for the 2 to 16 values of a
+block, finding the nearest centroid costs more than the product itself, so it is one
+integer minimum (see `_nearest`); on the CPU the blocks go to worker threads; and the
+centroids take over-relaxed Lloyd steps, which reach in 6 iterations a lower error than
+10 plain ones on embedding tables.
+
+References
+----------
+.. [1] J. Johnson, M. Douze and H. Jégou, "Billion-scale similarity search with GPUs",
+   IEEE Transactions on Big Data, 2019.
+"""
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 
-# Rows a distance matrix is computed for at once: (rows x centroids) floats that stay in
-# cache, which matters more than the matrix product itself for blocks of 2 to 8 values.
-_ASSIGN_CHUNK = 2048
+# float32 distances computed at once by one CPU thread: 1 MiB stays in a core's L2 cache.
+_CPU_CHUNK_ENTRIES = 1 << 18
+_DEVICE_CHUNK_ENTRIES = 1 << 26
+# Centroid indices up to this many bits are packed into the low bits of the distances;
+# beyond, too few mantissa bits would be left to rank them.
+_MAX_INDEX_BITS = 12
+# Relative distance between the two halves of a split cluster, as in faiss.
+_SPLIT_EPS = 1.0 / 1024
 
 
 def nearest_centroids(blocks, codebooks):
@@ -13,67 +37,322 @@ def nearest_centroids(blocks, codebooks):
 
     Parameters
     ----------
-    blocks : tensor of shape (n_blocks, n, block_size)
-    codebooks : tensor of shape (n_blocks, n_centroids, block_size)
+    blocks : float tensor of shape (n_blocks, n, block_size)
+    codebooks : float tensor of shape (n_blocks, n_centroids, block_size)
 
     Returns
     -------
     codes : int64 tensor of shape (n, n_blocks)
+
+    Notes
+    -----
+    Squared distances within a relative ``2 ** (ceil(log2(n_centroids)) - 23)`` of each
+    other (3e-5 for 256 centroids) count as ties, broken towards the lower index.
     """
-    m, n, _ = blocks.shape
-    codes = torch.empty(n, m, dtype=torch.long, device=blocks.device)
-    squared_norms = (codebooks**2).sum(dim=2)
-    for j in range(m):
-        minus_twice = codebooks[j].T * -2
-        for start in range(0, n, _ASSIGN_CHUNK):
-            part = blocks[j, start : start + _ASSIGN_CHUNK]
-            distances = torch.addmm(squared_norms[j], part, minus_twice)
-            codes[start : start + _ASSIGN_CHUNK, j] = distances.argmin(dim=1)
-    return codes
+    m, n, s = blocks.shape
+    codes = torch.empty(m, n, dtype=torch.long, device=blocks.device)
+    centroids = _augmented_codebooks(codebooks.to(blocks.device))
+    scratch = _Scratch()
+
+    def search(j):
+        rows = _augmented_rows(blocks[j], scratch.get("rows", (n, s + 2), blocks.device))
+        _nearest(rows, centroids[j], codes[j], scratch)
+
+    with _block_mapper(blocks.device) as map_blocks:
+        map_blocks(search, m)
+    return codes.T.contiguous()
 
 
-def weighted_kmeans(blocks, weight, n_centroids, n_iter, generator, init=None):
-    """Lloyd's algorithm on every block at once, rows weighted by ``weight``.
+def weighted_kmeans(
+    blocks,
+    weight,
+    n_centroids,
+    n_iter,
+    generator,
+    init=None,
+    *,
+    relax=2.0,
+    max_points_per_centroid=256,
+):
+    """Lloyd's algorithm, over-relaxed, on every block at once, rows weighted by ``weight``.
 
     Starts from ``init`` codebooks when given, else from ``n_centroids`` distinct rows
-    drawn with probability proportional to their weight; a centroid that loses all its
-    (weighted) rows keeps its place. Stops early once no code changes.
+    drawn with probability proportional to their weight (all rows of positive weight,
+    repeated, when there are fewer). Stops early once no code changes. A centroid that
+    loses all its rows of positive weight is re-seeded by splitting a cluster of two
+    such rows or more, drawn with probability proportional to its weight, as faiss
+    does, except after the last update: the codebooks returned are the weighted means
+    of the clusters of the last assignment.
 
     Parameters
     ----------
-    blocks : tensor of shape (n_blocks, n, block_size)
-    weight : tensor of shape (n,)
-        Non-negative, with at least ``n_centroids`` positive entries.
-    n_centroids, n_iter : int
+    blocks : float tensor of shape (n_blocks, n, block_size)
+    weight : float tensor of shape (n,)
+        Non-negative row weights; rows of weight zero do not move the centroids.
+    n_centroids : int
+    n_iter : int
+        Most iterations, an assignment and an update each.
     generator : torch.Generator
-        On the CPU; draws the starting rows.
-    init : tensor of shape (n_blocks, n_centroids, block_size) or None
+        On the CPU; draws the starting rows, the training sample and the clusters that
+        empty ones split.
+    init : float tensor of shape (n_blocks, n_centroids, block_size), default=None
+    relax : float, default=2.0
+        Every update but the last moves a centroid ``relax`` times the way to the
+        weighted mean of its rows (1 is plain Lloyd). Falls back to 1 once the weighted
+        error of an assignment exceeds the previous one.
+    max_points_per_centroid : int or None, default=256
+        When more rows have a positive weight than this many a centroid, the k-means
+        runs on ``n_centroids * max_points_per_centroid`` rows drawn with replacement
+        with probability proportional to their weight, each weighted by how many times
+        it was drawn. None trains on every row.
 
     Returns
     -------
-    codebooks : tensor of shape (n_blocks, n_centroids, block_size)
+    codebooks : tensor of shape (n_blocks, n_centroids, block_size), dtype of ``blocks``
     n_iter : int
         Iterations run.
     """
-    m, n, s = blocks.shape
+    dtype, device = blocks.dtype, blocks.device
+    weight = weight.to(device=device, dtype=torch.float64).reshape(-1)
+    if max_points_per_centroid is not None:
+        size = n_centroids * max_points_per_centroid
+        if int(torch.count_nonzero(weight)) > size:
+            blocks, weight = _sample(blocks, weight, size, generator)
     if init is not None:
-        codebooks = init.to(blocks)
+        codebooks = init.to(device=device, dtype=torch.float32, copy=True)
     else:
-        start = torch.multinomial(
-            weight.cpu(), n_centroids, replacement=False, generator=generator
+        codebooks = _initial_codebooks(blocks, weight, n_centroids, generator)
+    if n_iter == 0 or blocks.numel() == 0:
+        return codebooks.to(dtype), 0
+    clusters = _Clusters(blocks, weight, n_centroids)
+    scratch = _Scratch()
+    previous_error = math.inf
+    with _block_mapper(device) as map_blocks:
+        for iteration in range(n_iter):
+            centroids = _augmented_codebooks(codebooks)
+            results = map_blocks(clusters.assign, blocks.shape[0], centroids, scratch)
+            changed = sum(result[0] for result in results)
+            error = sum(result[1] for result in results)
+            means = clusters.means(codebooks)
+            if changed == 0:
+                return means.to(dtype), iteration
+            if error > previous_error:
+                relax = 1.0
+            previous_error = error
+            if iteration == n_iter - 1:
+                break  # a plain step, and no split that would move a mean
+            codebooks = means if relax == 1.0 else codebooks + relax * (means - codebooks)
+            _split_empty(codebooks, clusters.counts, clusters.mass, generator)
+    return means.to(dtype), n_iter
+
+
+def _augmented_codebooks(codebooks):
+    """``[-2 c; |c|^2; 1]`` of shape ``(n_blocks, block_size + 2, n_centroids)``,
+    float32: ``[x, 1, |x|^2]`` times it is ``|x - c|^2``."""
+    codebooks = codebooks.float()
+    return (
+        torch.cat(
+            [
+                -2 * codebooks,
+                (codebooks * codebooks).sum(dim=2, keepdim=True),
+                torch.ones_like(codebooks[..., :1]),
+            ],
+            dim=2,
         )
-        codebooks = blocks[:, start.to(blocks.device), :].clone()
-    previous = None
-    for iteration in range(n_iter):
-        codes = nearest_centroids(blocks, codebooks).T  # (m, n)
-        if previous is not None and torch.equal(codes, previous):
-            return codebooks, iteration
-        previous = codes
-        sums = torch.zeros_like(codebooks)
-        index = codes[..., None].expand(m, n, s)
-        sums.scatter_add_(1, index, blocks * weight[None, :, None])
-        mass = torch.zeros(m, n_centroids, dtype=blocks.dtype, device=blocks.device)
-        mass.scatter_add_(1, codes, weight[None, :].expand(m, n))
-        moved = sums / mass.clamp_min(torch.finfo(blocks.dtype).tiny)[..., None]
-        codebooks = torch.where(mass[..., None] > 0, moved, codebooks)
-    return codebooks, n_iter
+        .transpose(1, 2)
+        .contiguous()
+    )
+
+
+def _augmented_rows(x, out):
+    """``[x, 1, |x|^2]`` written into ``out`` of shape ``(n, block_size + 2)``."""
+    s = x.shape[1]
+    out[:, :s] = x
+    out[:, s] = 1
+    torch.sum(out[:, :s] ** 2, dim=1, out=out[:, s + 1])
+    return out
+
+
+def _nearest(rows, centroids, codes, scratch):
+    """Writes into ``codes`` the nearest of ``centroids`` (augmented, ``(s + 2, k)``) to
+    each of the augmented ``rows`` ``(r, s + 2)``; returns the squared distances."""
+    r, k = rows.shape[0], centroids.shape[1]
+    device = rows.device
+    entries = _CPU_CHUNK_ENTRIES if device.type == "cpu" else _DEVICE_CHUNK_ENTRIES
+    chunk = max(1, entries // k)
+    bits = max(1, (k - 1).bit_length())
+    if bits > _MAX_INDEX_BITS:
+        distances = scratch.get("distances", (r,), device)
+        for start in range(0, r, chunk):
+            values, index = (rows[start : start + chunk] @ centroids).min(dim=1)
+            distances[start : start + chunk] = values
+            codes[start : start + chunk] = index
+        return distances.clamp_min_(0)
+    # Non-negative floats order like their int32 bit patterns. With the centroid index
+    # in the low mantissa bits, one int32 minimum gives the index and the distance at
+    # once, many times faster than a float argmin over a few in-cache columns.
+    low = (1 << bits) - 1
+    index = torch.arange(k, dtype=torch.int32, device=device)
+    products = scratch.get("products", (min(chunk, r) * k,), device)
+    packed = scratch.get("packed", (r,), device, torch.int32)
+    for start in range(0, r, chunk):
+        stop = min(start + chunk, r)
+        product = products[: (stop - start) * k].view(stop - start, k)
+        torch.mm(rows[start:stop], centroids, out=product)
+        keys = product.view(torch.int32).bitwise_and_(~low).bitwise_or_(index)
+        torch.amin(keys, dim=1, out=packed[start:stop])
+    torch.bitwise_and(packed, low, out=codes)
+    return packed.bitwise_and_(~low).view(torch.float32).clamp_min_(0)
+
+
+@contextmanager
+def _block_mapper(device):
+    """A ``map_blocks(function, n_blocks, *args)`` that returns
+    ``[function(j, *args) for j in range(n_blocks)]``, on the CPU from worker threads.
+
+    Each worker runs torch on one thread: the blocks are independent, and thousands of
+    small in-cache operations a second, each split over threads, would pay a fork and a
+    join apiece (ruinous when other processes share the cores).
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield lambda function, n_blocks, *args: [
+            function(j, *args) for j in range(n_blocks)
+        ]
+        return
+    pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,))
+    try:
+        yield lambda function, n_blocks, *args: list(
+            pool.map(lambda j: function(j, *args), range(n_blocks))
+        )
+    finally:
+        pool.shutdown()
+        torch.set_num_threads(threads)  # the setting is shared with the calling thread
+
+
+class _Scratch(threading.local):
+    """Buffers of each thread, reused from block to block."""
+
+    def get(self, name, shape, device, dtype=torch.float32):
+        buffers = self.__dict__.setdefault("buffers", {})
+        size = math.prod(shape)
+        buffer = buffers.get(name)
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+            buffer = buffers[name] = torch.empty(size, dtype=dtype, device=device)
+        return buffer[:size].view(shape)
+
+
+def _sample(blocks, weight, size, generator):
+    """``size`` rows drawn with replacement, with probability proportional to their
+    weight: the distinct rows drawn, and how many times each was."""
+    drawn = torch.multinomial(weight.cpu(), size, replacement=True, generator=generator)
+    rows, times = torch.unique(drawn, return_counts=True)
+    device = blocks.device
+    return blocks[:, rows.to(device)], times.to(device=device, dtype=torch.float64)
+
+
+def _initial_codebooks(blocks, weight, n_centroids, generator):
+    """``n_centroids`` rows drawn without replacement with probability proportional to
+    their weight; all rows of positive weight, repeated, when there are fewer."""
+    weight = weight.cpu()
+    if not bool((weight > 0).any()):
+        weight = torch.ones_like(weight)
+    available = int(torch.count_nonzero(weight))
+    start = torch.multinomial(
+        weight, min(n_centroids, available), replacement=False, generator=generator
+    )
+    start = start.repeat(math.ceil(n_centroids / start.numel()))[:n_centroids]
+    return blocks[:, start.to(blocks.device)].float()
+
+
+def _split_empty(codebooks, counts, mass, generator):
+    """Re-seeds empty centroids in place, as faiss does: each becomes a copy of a
+    cluster of two rows of positive weight or more, drawn with probability proportional
+    to its weight, the two copies pushed apart by a relative ``_SPLIT_EPS``."""
+    empty = counts == 0
+    if not bool(empty.any()):
+        return
+    s = codebooks.shape[2]
+    sign = torch.ones(s, dtype=codebooks.dtype, device=codebooks.device)
+    sign[1::2] = -1
+    for j in empty.any(dim=1).nonzero()[:, 0].tolist():
+        size = counts[j].cpu().clone()
+        weight = mass[j].cpu().clamp_min(0)
+        for target in empty[j].nonzero()[:, 0].tolist():
+            candidates = torch.where(size > 1, weight, 0)
+            if not bool((candidates > 0).any()):
+                break
+            source = int(torch.multinomial(candidates, 1, generator=generator))
+            centre = codebooks[j, source].clone()
+            codebooks[j, target] = centre * (1 + _SPLIT_EPS * sign)
+            codebooks[j, source] = centre * (1 - _SPLIT_EPS * sign)
+            size[target] = size[source] // 2
+            size[source] -= size[target]
+            weight[target] = weight[source] / 2
+            weight[source] -= weight[target]
+
+
+class _Clusters:
+    """The code of every row of every block and, per centroid, the weighted sum and
+    mass of its rows (float64) and how many rows of positive weight it holds.
+
+    Updated block by block, so that blocks can go to different threads.
+    """
+
+    def __init__(self, blocks, weight, n_centroids):
+        m, n, s = blocks.shape
+        device = blocks.device
+        self.blocks = blocks
+        self.weight = weight
+        self.weight32 = weight.float()
+        self.positive = (weight > 0).long()
+        self.codes = torch.full((m, n), -1, dtype=torch.int32, device=device)
+        self.sums = torch.zeros(m, n_centroids, s, dtype=torch.float64, device=device)
+        self.mass = torch.zeros(m, n_centroids, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(m, n_centroids, dtype=torch.long, device=device)
+
+    def assign(self, j, centroids, scratch):
+        """Moves every row of block ``j`` to its nearest centroid; returns how many rows
+        changed cluster and the weighted error of the assignment. ``centroids`` are
+        the augmented codebooks of every block."""
+        x = self.blocks[j]
+        n, s = x.shape
+        codes = scratch.get("codes", (n,), x.device, torch.int32)
+        rows = _augmented_rows(x, scratch.get("rows", (n, s + 2), x.device))
+        distances = _nearest(rows, centroids[j], codes, scratch)
+        error = float(torch.dot(distances, self.weight32))
+        moved = (codes != self.codes[j]).nonzero()[:, 0]
+        if 2 * moved.numel() > n:
+            # Recounted from scratch, which also sheds the float64 drift.
+            self._add(j, None, codes, 1, reset=True)
+        elif moved.numel():
+            self._add(j, moved, self.codes[j], -1)
+            self._add(j, moved, codes, 1)
+        self.codes[j].copy_(codes)
+        return moved.numel(), error
+
+    def _add(self, j, rows, codes, sign, reset=False):
+        """Adds (``sign`` 1) or takes away (-1) the ``rows`` of block ``j`` (all of them
+        when None) to or from the clusters ``codes`` says."""
+        x, weight, positive = self.blocks[j], self.weight, self.positive
+        if rows is not None:
+            x, weight, positive, codes = (
+                t.index_select(0, rows) for t in (x, weight, positive, codes)
+            )
+        sums, mass, counts = self.sums[j], self.mass[j], self.counts[j]
+        if reset:
+            sums.zero_(), mass.zero_(), counts.zero_()
+        target = codes.long()
+        weight = weight * sign
+        sums.index_add_(0, target, x.double() * weight[:, None])
+        mass.index_add_(0, target, weight)
+        counts.index_add_(0, target, positive * sign)
+
+    def means(self, codebooks):
+        """Weighted means of the clusters, float32; an empty cluster keeps its centroid
+        (and sheds the float64 drift of its sums)."""
+        full = self.counts > 0
+        self.sums.mul_(full[..., None])
+        self.mass.mul_(full)
+        means = self.sums / self.mass.clamp_min(torch.finfo(torch.float64).tiny)[..., None]
+        return torch.where(full[..., None], means.float(), codebooks)

@@ -155,8 +155,8 @@ class ProductCodec(Codec):
         At most 256; fewer are learned when fewer rows have a positive weight.
     codebook_dtype : torch.dtype, default=torch.float16
         Codes are chosen against the codebooks rounded to this dtype.
-    n_iter : int, default=10
-        Most iterations of Lloyd's algorithm.
+    n_iter : int, default=6
+        Most iterations of the (over-relaxed) Lloyd's algorithm.
 
     Attributes
     ----------
@@ -167,7 +167,7 @@ class ProductCodec(Codec):
     """
 
     def __init__(
-        self, block_size, n_centroids=MAX_CENTROIDS, codebook_dtype=torch.float16, n_iter=10
+        self, block_size, n_centroids=MAX_CENTROIDS, codebook_dtype=torch.float16, n_iter=6
     ):
         if not 2 <= n_centroids <= MAX_CENTROIDS:
             raise ValueError(

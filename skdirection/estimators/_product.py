@@ -44,8 +44,9 @@ class ProductQuantizer(BaseCompressor):
         there are fewer rows.
     keep_norms : bool, default=True
         Quantize unit directions and store each row's norm in float16.
-    max_iter : int, default=10
-        Most iterations of Lloyd's algorithm.
+    max_iter : int, default=6
+        Most iterations of Lloyd's algorithm. Every step but the last moves a centroid
+        twice the way to the weighted mean of its rows (see Notes).
     codebook_dtype : {"float16", "float32"}, default="float16"
         Precision of the stored codebooks; codes are chosen against the rounded ones.
     device : str, default="auto"
@@ -86,6 +87,12 @@ class ProductQuantizer(BaseCompressor):
     and by 1.076 with token counts' square root as ``sample_weight``, where scalar
     2-bit codes per row (15.6x) give 1.70.
 
+    The k-means learns from faiss's [3]_: distances through one matrix product with
+    the norms folded in, and at most 256 rows a centroid (drawn in proportion to
+    ``sample_weight`` on larger tables). Its steps are over-relaxed, so that 6 reach a
+    lower weighted error on SmolLM2's unit rows than faiss's 10 plain ones, in less
+    time (``benchmarks/bench_speed.py``).
+
     References
     ----------
     .. [1] H. Jégou, M. Douze, C. Schmid. "Product quantization for nearest neighbor
@@ -93,6 +100,8 @@ class ProductQuantizer(BaseCompressor):
     .. [2] M. Banaei et al. "Revisiting offline compression: going beyond
        factorization-based methods for transformer language models", Findings of EACL
        2023.
+    .. [3] J. Johnson, M. Douze, H. Jégou. "Billion-scale similarity search with GPUs",
+       IEEE Transactions on Big Data, 2019.
 
     Examples
     --------
@@ -125,7 +134,7 @@ class ProductQuantizer(BaseCompressor):
         *,
         n_centroids=256,
         keep_norms=True,
-        max_iter=10,
+        max_iter=6,
         codebook_dtype="float16",
         device="auto",
         random_state=None,

@@ -23,6 +23,20 @@ def load_average():
     return "load average {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
 
 
+def cached_table(path, make_table, label):
+    """The table saved at ``path``; else ``make_table()``'s, timed, then saved there."""
+    from skdirection import load_table, save_table
+
+    if path.exists():
+        return load_table(path)
+    start = time.perf_counter()
+    table = make_table()
+    print(f"fitted {label} in {time.perf_counter() - start:.0f} s", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_table(table, path)
+    return table
+
+
 def timed(function, *args, **kwargs):
     """``(result, seconds)`` of one call."""
     start = time.perf_counter()

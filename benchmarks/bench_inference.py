@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     CACHE,
     RESULTS,
+    cached_table,
     format_table,
     load_average,
     machine_description,
@@ -45,8 +46,6 @@ from skdirection import (  # noqa: E402
     ProductQuantizer,
     ScalarQuantizer,
     TruncatedSVDCompressor,
-    load_table,
-    save_table,
 )
 from skdirection.adapters.transformers import (  # noqa: E402
     patch_embeddings,
@@ -86,20 +85,15 @@ def fitted_table(name, weight, tokenizer, mixed_ratio):
     path = CACHE / "bench_inference" / f"{name}.safetensors"
     if name == "mixed":
         path = path.with_name(f"mixed{mixed_ratio:g}.safetensors")
-    if path.exists():
-        return load_table(path)
-    start = time.perf_counter()
-    if name == "mixed":
-        counts = token_counts(tokenizer, load_wikipedia_text(), len(weight))
-        compressor = FrequencyMixedCompressor(ratio=mixed_ratio, random_state=0)
-        compressor.fit(weight, sample_weight=counts)
-    else:
-        compressor = CODECS[name]().fit(weight)
-    table = compressor.compress(weight)
-    print(f"fitted {name} in {time.perf_counter() - start:.0f} s", flush=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_table(table, path)
-    return table
+
+    def make_table():
+        if name == "mixed":
+            counts = token_counts(tokenizer, load_wikipedia_text(), len(weight))
+            compressor = FrequencyMixedCompressor(ratio=mixed_ratio, random_state=0)
+            return compressor.fit(weight, sample_weight=counts).compress(weight)
+        return CODECS[name]().fit(weight).compress(weight)
+
+    return cached_table(path, make_table, name)
 
 
 class PeakMemory:

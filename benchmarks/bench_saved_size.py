@@ -27,7 +27,6 @@ import gc
 import importlib.util
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -36,13 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     CACHE,
     RESULTS,
+    cached_table,
     format_table,
     load_average,
     machine_description,
     write_csv,
 )
 
-from skdirection import load_table, save_table  # noqa: E402
 from skdirection.adapters.transformers import (  # noqa: E402
     load_compressed,
     patch_embeddings,
@@ -102,13 +101,9 @@ def fitted_table(method, ratio, weight):
         for key in ("bits", "group_size", "block_size")
         if key in params
     )
-    if path.exists():
-        return load_table(path), codec
-    start = time.perf_counter()
-    table = compressor.fit(weight).compress(weight)
-    print(f"fitted {method} at {ratio:g}x in {time.perf_counter() - start:.0f} s")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_table(table, path)
+    table = cached_table(
+        path, lambda: compressor.fit(weight).compress(weight), f"{method} at {ratio:g}x"
+    )
     return table, codec
 
 

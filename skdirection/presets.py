@@ -66,8 +66,11 @@ def build_compressor(name, n_rows, n_features, ratio, options=None):
             f"ratio_unit must be one of {RATIO_UNITS}, got {merged['ratio_unit']!r}."
         )
     estimator = METHODS[name].build(n_rows, n_features, ratio, merged)
-    shared = {"device": merged["device"], "random_state": merged["seed"]}
-    shared["verbose"] = merged["verbose"]
+    shared = {
+        "device": merged["device"],
+        "random_state": merged["seed"],
+        "verbose": merged["verbose"],
+    }
     params = estimator.get_params(deep=False)
     return estimator.set_params(**{k: v for k, v in shared.items() if k in params})
 

@@ -5,8 +5,8 @@ Row ``v`` decodes to ``code[v, c] * scale[v, g] + offset[v, g]`` with ``g = c //
 group_size``, so ``logits[v] = sum_g scale[v, g] (h_g . code_vg) + offset[v, g] sum(h_g)``:
 scales and offsets apply to per-group dot products, never to the values. The packed
 bytes of a tile of rows are split into byte-aligned *fields* (:class:`FieldLayout`), each
-a run of one code's bits inside one byte, left at its place in the code; ``h . code`` is
-a sum over fields, so no code is ever put back together.
+a run of one code's bits inside one byte times a power of two that the coefficient of
+``h`` undoes; ``h . code`` is a sum over fields, so no code is ever put back together.
 
 The dot products are taken one of two ways:
 
@@ -14,7 +14,8 @@ The dot products are taken one of two ways:
   ``h`` is written as :data:`DIGITS` int8 digits a group under a power-of-two scale;
   ``torch._int_mm`` gives the exact int32 dot product of every group with every digit,
   and one small float matmul combines them. Besides float32 rounding the only error is
-  ``h``'s last digit: ``2**-27`` of a group's largest value.
+  ``h``'s last digit: ``2**-27`` of a group's largest coefficient (at most 4 times its
+  largest value).
 - float (prompts, other devices, or a torch without a working ``torch._int_mm``): the
   fields as float32, scaled per group, times ``h`` by ``torch.mm``.
 """
@@ -47,10 +48,15 @@ def _signed64(x):
 class FieldLayout:
     """Where every field of a packed row lies, and the ops that cut a tile into them.
 
-    Codes are packed most significant bit first, row by row. A field is ``((byte &
-    and_mask) >> rshift) << lshift``: at 2, 4 and 8 bits one field a code; at 3 bits,
-    3 codes in 8 straddle two bytes and have two fields. ``n_planes`` fields at most
-    share a byte, so a tile of ``R`` rows cuts into ``(R, n_planes * n_bytes)`` fields.
+    Codes are packed most significant bit first, row by row. A field is a run of one
+    code's bits inside one byte: at 2, 4 and 8 bits one field a code; at 3 bits, 3 codes
+    in 8 straddle two bytes and have two fields. ``n_planes`` fields at most share a
+    byte, so a tile of ``R`` rows cuts into ``(R, n_planes * n_bytes)`` fields.
+
+    A field need not be moved to its place in the code: it may hold its bits times a
+    power of two, ``2**e`` with ``e`` in :attr:`weight` as ``2**-e``, which the
+    coefficients of ``h`` then undo. That lets whole rows of little-endian 64-bit
+    words be cut with one shift and one mask a plane, the mask varying per word.
 
     Attributes
     ----------
@@ -58,6 +64,9 @@ class FieldLayout:
         The column each field belongs to.
     used : bool tensor of the same shape
         False for slots that hold no field (padding bits, bytes with fewer fields).
+    weight : float32 tensor of the same shape
+        What a field's value is multiplied by to give its part of the code; 0 where
+        unused.
     """
 
     def __init__(self, n_features, bits, group_size, device):
@@ -70,8 +79,7 @@ class FieldLayout:
                 length = min(bits - done, 8 - first)
                 shift = 8 - first - length  # of the run's lowest bit inside the byte
                 place = bits - done - length  # of the run's lowest bit inside the code
-                mask = ((1 << length) - 1) << shift
-                fields[byte].append((c, mask, max(shift - place, 0), max(place - shift, 0)))
+                fields[byte].append((c, ((1 << length) - 1) << shift, shift, place))
                 done += length
         self.n_planes = max(map(len, fields))
         self.n_bytes, self.bits = n_bytes, bits
@@ -79,25 +87,35 @@ class FieldLayout:
         for j, byte_fields in enumerate(fields):
             for p, field in enumerate(byte_fields):
                 slots[:, p, j] = torch.tensor(field)
-        column, and_mask, rshift, lshift = slots
+        column, and_mask, shift, place = slots
         self.column = column.reshape(-1).to(device)
         self.used = (and_mask > 0).reshape(-1).to(device)
         self.n_groups = math.ceil(n_features / group_size)
         self.field_group = torch.div(self.column, group_size, rounding_mode="floor")
         # Groups that cover whole bytes let a tile's fields be scaled by a broadcast.
         self.aligned = n_features % group_size == 0 and group_size * bits % 8 == 0
-        if bits in (2, 4, 8) and n_bytes % 8 == 0 and sys.byteorder == "little":
-            # (word >> r) & mask repeated in every byte: 8 bytes an op; what the shift
-            # brings in from the next byte is masked out.
-            keep = (1 << bits) - 1
-            self.word_ops = [
-                (8 - bits * (p + 1), _signed64(keep * 0x0101010101010101))
-                for p in range(self.n_planes)
-            ]
-        else:
-            self.word_ops = None
-            # (byte >> rshift) << lshift, then the field's bits kept where it landed:
+        exponent = torch.zeros_like(shift)
+        self.whole_words = n_bytes % 8 == 0 and sys.byteorder == "little"
+        self.word_ops = self.byte_ops = None
+        if self.whole_words and bits != 8:
+            self.word_ops = []
+            for p in range(self.n_planes):
+                # (word >> s) & mask: what the shift brings in from the next byte lands
+                # in the s top bits of each byte, which the mask leaves out; the first
+                # field of a byte holds its top bit, so s >= 1 keeps it below 128.
+                s = int(shift[p][and_mask[p] > 0].min())
+                exponent[p] = shift[p] - s - place[p]
+                mask = (and_mask[p] >> s).to(torch.uint8).view(torch.int64)
+                if bool((mask == mask[0]).all()):
+                    mask = int(mask[0])
+                else:
+                    mask = mask.to(device)
+                self.word_ops.append((s, mask))
+        elif bits != 8:
+            # (byte >> shift) << place, then the field's bits kept where it landed:
             # one pass each, written straight into the plane.
+            rshift = (shift - place).clamp(min=0)
+            lshift = (place - shift).clamp(min=0)
             kept = (and_mask >> rshift) << lshift
             self.byte_ops = [
                 tuple(
@@ -112,6 +130,7 @@ class FieldLayout:
                 )
                 for p in range(self.n_planes)
             ]
+        self.weight = (torch.ldexp(self.used.float(), -exponent.reshape(-1))).to(device)
 
     @property
     def n_fields(self):
@@ -145,7 +164,7 @@ class FieldLayout:
     def int8_fields(self, packed, out):
         """Fields as int8; 8-bit codes come as ``code - 128``."""
         if self.bits == 8:
-            if self.word_ops is not None:
+            if self.whole_words:
                 torch.bitwise_xor(
                     packed.view(torch.int64),
                     _signed64(0x8080808080808080),
@@ -163,44 +182,47 @@ def group_sums(h, n_groups, group_size):
     return F.pad(h, (0, n_groups * group_size - d)).view(t, n_groups, group_size).sum(-1)
 
 
-def _digits(h, layout, group_size):
+def _digits(h, layout):
     """``h`` as :data:`DIGITS` int8 digits a group, placed on the fields.
 
-    Each group of each row of ``h`` gets a power-of-two scale putting its largest value
-    in [32, 64); the digits lie in [-64, 64], so a group's int32 dot product with fields
-    below 128 cannot overflow, and ``h_g = scale * sum_i digit_i * 128**-i`` up to
-    ``2**-27`` of the group's largest value.
+    A field's coefficient is ``h[column] * weight`` (see :class:`FieldLayout`). Each
+    group of each row of ``h`` gets a power-of-two scale putting its largest
+    coefficient in [32, 64); the digits lie in [-64, 64], so a group's int32 dot product
+    with fields below 128 cannot overflow, and a coefficient is ``scale * sum_i digit_i
+    * 128**-i`` up to ``2**-27`` of the group's largest coefficient.
 
     Returns the int8 ``(n_fields, n_groups * t * DIGITS)`` coefficients (columns ordered
     group, row of ``h``, digit) and the float ``(n_groups * t * DIGITS, n_groups * t)``
     block-diagonal matrix that weighs each digit's dot products and sums a group's.
     """
-    t, d = h.shape
-    G = layout.n_groups
-    grouped = F.pad(h, (0, G * group_size - d)).view(t, G, group_size)
-    _, exponent = torch.frexp(grouped.abs().amax(-1))
-    scale = torch.ldexp(torch.ones_like(grouped[..., 0]), exponent - 6)  # (t, G)
-    x = grouped / scale[..., None]
+    t = h.shape[0]
+    G, n_fields = layout.n_groups, layout.n_fields
+    values = h[:, layout.column] * layout.weight  # (t, n_fields)
+    group = layout.field_group.expand(t, n_fields)
+    largest = values.new_zeros(t, G).scatter_reduce_(1, group, values.abs(), "amax")
+    _, exponent = torch.frexp(largest)
+    scale = torch.ldexp(torch.ones_like(largest), exponent - 6)  # (t, G)
+    x = values / scale.gather(1, group)
     digits = []
     for _ in range(DIGITS):
         q = torch.round(x)
         digits.append(q)
         x = (x - q) * 128
-    digits = torch.stack(digits, -1).view(t, G * group_size, DIGITS)[:, :d]
-    coef = h.new_zeros(layout.n_fields, G, t, DIGITS)
-    used = layout.used
-    fields = torch.arange(layout.n_fields, device=h.device)[used]
-    coef[fields, layout.field_group[used]] = digits[:, layout.column[used]].transpose(0, 1)
+    coef = h.new_zeros(n_fields, G, t, DIGITS)
+    fields = torch.arange(n_fields, device=h.device)
+    coef[fields, layout.field_group] = torch.stack(digits, -1).transpose(0, 1)
     steps = 128.0 ** -torch.arange(DIGITS, device=h.device, dtype=h.dtype)
     weights = (scale.T[:, :, None] * steps).reshape(G * t, DIGITS)
     combine = torch.block_diag(*weights[:, :, None])
-    return coef.reshape(layout.n_fields, -1).to(torch.int8), combine
+    # column-major: torch._int_mm reads it faster
+    coef = coef.reshape(n_fields, -1).to(torch.int8).T.contiguous().T
+    return coef, combine
 
 
 def _linear_int(table, h, layout):
     t = h.shape[0]
     G, V = layout.n_groups, table.num_embeddings
-    coef, combine = _digits(h, layout, table.group_size)
+    coef, combine = _digits(h, layout)
     hsum = group_sums(h, G, table.group_size)
     R = max(16, _table.TILE_BYTES // layout.n_fields)
     C = max(R, CHUNK_ROWS // R * R)
@@ -233,7 +255,7 @@ def _linear_int(table, h, layout):
 def _linear_float(table, h, layout):
     t = h.shape[0]
     G, V = layout.n_groups, table.num_embeddings
-    coef = h[:, layout.column] * layout.used  # (t, n_fields)
+    coef = h[:, layout.column] * layout.weight  # (t, n_fields)
     hsum = group_sums(h, G, table.group_size)
     tiles = row_tiles(V, layout.n_fields)
     size = tiles[0][1] if tiles else 0

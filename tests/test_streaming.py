@@ -4,10 +4,12 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 import skdirection._engine.backend as backend
 from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor
 from skdirection._engine.backend import RowSource, file_backing
+from skdirection._engine.training import ShuffledBatches
 
 AE = dict(n_components=4, batch_size=64, device="cpu", random_state=0)
 
@@ -81,6 +83,42 @@ def test_autoencoder_streams_chunks_deterministically(memmapped, embeddings, sma
         from_file.decoder_coefs_[0], from_memory.decoder_coefs_[0]
     )
     assert from_file.score(memmapped) > 0.9
+
+
+def test_streamed_batches_are_the_shuffled_chunks_read_ahead(monkeypatch):
+    # Chunks are read by a background thread one ahead: the batches must still be the
+    # chunks in their shuffled order, each shuffled, every epoch.
+    monkeypatch.setattr(backend, "RESIDENT_BYTES", 0)
+    X = np.arange(50 * 3, dtype=np.float32).reshape(50, 3)
+    weight = torch.arange(50.0)
+    batches = ShuffledBatches(
+        RowSource(X), weight, 4, torch.Generator().manual_seed(0), torch.device("cpu"), 8
+    )
+    reference = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        expected = []
+        for start in (torch.randperm(7, generator=reference) * 8).tolist():
+            rows, row_weight = torch.from_numpy(X[start : start + 8]), weight[start:][:8]
+            order = torch.randperm(rows.shape[0], generator=reference)
+            for first in range(0, rows.shape[0], 4):
+                expected.append((rows[order[first:][:4]], row_weight[order[first:][:4]]))
+        got = list(batches)
+        assert len(got) == len(expected) == 13
+        for (rows, row_weight), (want_rows, want_weight) in zip(got, expected, strict=True):
+            torch.testing.assert_close(rows, want_rows, rtol=0, atol=0)
+            torch.testing.assert_close(row_weight, want_weight, rtol=0, atol=0)
+
+
+def test_a_failed_read_ahead_raises_in_the_training_loop(monkeypatch):
+    monkeypatch.setattr(backend, "RESIDENT_BYTES", 0)
+    X = np.ones((40, 3), dtype=np.float32)
+    X[30] = np.nan
+    source = RowSource(X, check_finite=True)
+    batches = ShuffledBatches(
+        source, torch.ones(40), 4, torch.Generator().manual_seed(0), torch.device("cpu"), 8
+    )
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        list(batches)
 
 
 def test_svd_start_beats_random_start_at_equal_epochs(embeddings):

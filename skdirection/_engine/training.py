@@ -3,7 +3,9 @@
 import copy
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -16,7 +18,9 @@ class ShuffledBatches:
 
     A source of up to 256 MB (as float32) is loaded on the device once and shuffled as
     a whole. A larger one is streamed: the chunk order is shuffled, then the rows within
-    each chunk, so only one chunk is in memory (and on the device) at a time.
+    each chunk, so only one chunk is on the device at a time. The next chunk is read
+    (into pinned memory, for a CUDA device) by a background thread while the current
+    one trains, and copied to the device without blocking the host.
 
     Parameters
     ----------
@@ -45,22 +49,31 @@ class ShuffledBatches:
         order = torch.randperm(n, generator=self.generator, device=self.generator.device)
         return order.to(self.device)
 
+    def _read(self, start):
+        rows = self.source.read(start, min(start + self.chunk_rows, self.source.n_rows))
+        if not isinstance(rows, torch.Tensor):
+            rows = torch.from_numpy(np.ascontiguousarray(rows))
+        if self.device.type == "cuda" and rows.device.type == "cpu":
+            rows = rows.to(torch.float32).pin_memory()
+        return rows
+
+    def _streamed(self, starts):
+        """``(start, rows on the device)`` of each chunk, in the order of ``starts``."""
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            pending = reader.submit(self._read, starts[0]) if starts else None
+            for i, start in enumerate(starts):
+                rows = pending.result()
+                if i + 1 < len(starts):
+                    pending = reader.submit(self._read, starts[i + 1])
+                yield start, rows.to(self.device, torch.float32, non_blocking=True)
+
     def __iter__(self):
-        n_rows = self.source.n_rows
         if self._resident is not None:
             chunks = [(0, self._resident)]
         else:
-            n_chunks = math.ceil(n_rows / self.chunk_rows)
+            n_chunks = math.ceil(self.source.n_rows / self.chunk_rows)
             starts = (self._permutation(n_chunks).cpu() * self.chunk_rows).tolist()
-            chunks = (
-                (
-                    s,
-                    as_tensor(
-                        self.source.read(s, min(s + self.chunk_rows, n_rows)), self.device
-                    ),
-                )
-                for s in starts
-            )
+            chunks = self._streamed(starts)
         for start, rows in chunks:
             weight = self.weight[start : start + rows.shape[0]]
             order = self._permutation(rows.shape[0])
@@ -90,7 +103,10 @@ class Trainer:
         self.module = module
         self.batch_loss = batch_loss
         self.reduce = reduce
-        self.optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate)
+        parameters = list(module.parameters())
+        # One fused kernel a step instead of several launches a parameter on a GPU.
+        fused = all(p.device.type == "cuda" for p in parameters) or None
+        self.optimizer = torch.optim.Adam(parameters, lr=learning_rate, fused=fused)
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=lr_step_size, gamma=lr_decay
         )
@@ -98,18 +114,20 @@ class Trainer:
 
     def run_epoch(self, batches):
         """One pass over ``batches``; return its mean (weight-normalised) loss."""
-        totals = None
+        # The loss is summed on the device and the rows counted on the host, so that no
+        # step waits for the device.
+        loss_sum, n_rows = None, 0
         for rows, weight in batches:
             loss = self.batch_loss(self.module, rows, weight, self.epoch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            step = torch.stack(
-                [loss.detach() * rows.shape[0], loss.new_tensor(rows.shape[0])]
-            )
-            totals = step if totals is None else totals + step
-        if totals is None:
+            step = loss.detach() * rows.shape[0]
+            loss_sum = step if loss_sum is None else loss_sum + step
+            n_rows += rows.shape[0]
+        if loss_sum is None:
             raise ValueError("No rows to train on.")
+        totals = torch.stack([loss_sum, loss_sum.new_tensor(float(n_rows))])
         if self.reduce is not None:
             totals = self.reduce(totals)
         self.scheduler.step()

@@ -151,7 +151,7 @@ def auto_compressor(n_rows, n_features, ratio, ratio_unit, weighted=False):
     ``benchmarks/bench_quality.py``): int4 in groups of 32 multiplies perplexity by
     1.006 at 6.4x fewer bytes. Beyond, the mix with counts gives 1.0065 at 8x, 1.017 at
     10x, 1.084 at 16x and 1.78 at 32x; product quantization without counts, in blocks
-    of 2, 3 and 4, gives 1.007 at 7.8x, 1.095 at 11.5x and 1.19 at 15.2x, where the
+    of 2, 3 and 4, gives 1.010 at 7.8x, 1.072 at 11.5x and 1.18 at 15.2x, where the
     best scalar codes give 1.023 (int4 per row, 7.9x), 1.11 (int3 per row, 10.5x) and
     1.70 (int2 per row, 15.6x).
     """

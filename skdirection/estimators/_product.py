@@ -83,8 +83,8 @@ class ProductQuantizer(BaseCompressor):
     ``keep_norms``, its stored norm last. :meth:`compress` stores the codes as uint8.
 
     On SmolLM2-135M's input embedding (``benchmarks/bench_quality.py``), blocks of 4
-    (2 bits a value, 15.2x fewer bytes than float32) multiply the perplexity by 1.19,
-    and by 1.076 with token counts' square root as ``sample_weight``, where scalar
+    (2 bits a value, 15.2x fewer bytes than float32) multiply the perplexity by 1.18,
+    and by 1.078 with token counts' square root as ``sample_weight``, where scalar
     2-bit codes per row (15.6x) give 1.70.
 
     The k-means learns from faiss's [3]_: distances through one matrix product with

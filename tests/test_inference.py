@@ -231,6 +231,28 @@ def test_linear_is_differentiable_in_hidden():
     torch.testing.assert_close(hidden.grad, reference.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("n_features", [64, 60, 19])
+def test_weighted_fields_add_up_to_every_code(bits, n_features):
+    # Whole 64-bit words (64 columns) and bytes (60, 19) cut differently; either way a
+    # column's fields times their weights must give back its code, and no field may
+    # reach 128 (it is read as int8).
+    from skdirection.codecs.scalar import pack_codes
+
+    codes = torch.randint(0, 2**bits, (50, n_features), generator=torch.Generator())
+    codes[0] = 2**bits - 1  # every bit set
+    layout = _scalar_linear.FieldLayout(n_features, bits, 4, "cpu")
+    packed = pack_codes(codes, bits)
+    fields = layout.uint8_fields(
+        packed, torch.empty(50, layout.n_fields, dtype=torch.uint8)
+    )
+    assert int(fields.max()) < 128
+    parts = fields.double() * layout.weight.double()
+    rebuilt = torch.zeros(50, n_features, dtype=torch.float64)
+    rebuilt.index_add_(1, layout.column, parts)
+    torch.testing.assert_close(rebuilt, codes.double(), rtol=0, atol=0)
+
+
 def test_integer_kernel_failure_falls_back(monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("no integer kernel here")

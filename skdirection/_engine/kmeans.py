@@ -73,6 +73,7 @@ def weighted_kmeans(
     *,
     relax=2.0,
     max_points_per_centroid=256,
+    progress=None,
 ):
     """Lloyd's algorithm, over-relaxed, on every block at once, rows weighted by ``weight``.
 
@@ -105,6 +106,8 @@ def weighted_kmeans(
         runs on ``n_centroids * max_points_per_centroid`` rows drawn with replacement
         with probability proportional to their weight, each weighted by how many times
         it was drawn. None trains on every row.
+    progress : tqdm or None, default=None
+        Advanced by one step an iteration.
 
     Returns
     -------
@@ -134,6 +137,8 @@ def weighted_kmeans(
             changed = sum(result[0] for result in results)
             error = sum(result[1] for result in results)
             means = clusters.means(codebooks)
+            if progress is not None:
+                progress.update()
             if changed == 0:
                 return means.to(dtype), iteration
             if error > previous_error:

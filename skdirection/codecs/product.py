@@ -181,8 +181,21 @@ class ProductCodec(Codec):
         self.codebooks = None
         self.name = f"pq{block_size}"
 
-    def fit(self, rows, weight=None, generator=None, *, init=None, n_iter=None):
-        """Learn the codebooks; ``init`` (codebooks) warm-starts a refit."""
+    def fit(
+        self,
+        rows,
+        weight=None,
+        generator=None,
+        *,
+        init=None,
+        n_iter=None,
+        max_points_per_centroid=256,
+        progress=None,
+    ):
+        """Learn the codebooks; ``init`` (codebooks) warm-starts a refit, the k-means
+        trains on at most ``max_points_per_centroid`` rows a centroid (drawn in
+        proportion to ``weight``) and advances ``progress`` (a tqdm bar) an
+        iteration."""
         if weight is None:
             weight = torch.ones(rows.shape[0], dtype=torch.float64)
         weight = torch.as_tensor(weight, dtype=torch.float64)
@@ -195,6 +208,8 @@ class ProductCodec(Codec):
             self.n_iter if n_iter is None else n_iter,
             generator,
             None if init is None else init.float(),
+            max_points_per_centroid=max_points_per_centroid,
+            progress=progress,
         )
         self.codebooks = codebooks.to(self.codebook_dtype)
         return self

@@ -99,7 +99,7 @@ def _quantize_rows(X, bits, group_size, scale_dtype, clip_search):
             s, o = scale.float()[..., None], offset.float()[..., None]
             _codes(grouped, s, o, levels, work).mul_(s).add_(o)
             # Errors relative to the group's range, so that the power cannot underflow.
-            _power(work.sub_(grouped).abs_().div_(spread), CLIP_ERROR_POWER)
+            _power(work.sub_(grouped).div_(spread), CLIP_ERROR_POWER)
             if pad:
                 work[:, -1, group_size - pad :] = 0
             err = work.sum(dim=2)
@@ -128,13 +128,13 @@ def _codes(grouped, s, o, levels, out):
 
 
 def _power(x, power):
-    """``x ** power`` in place; a power of two by repeated squaring."""
+    """``|x| ** power`` in place; a power of two by repeated squaring."""
     if power > 1 and power & (power - 1) == 0:
         while power > 1:
             x.square_()
             power //= 2
         return x
-    return x.pow_(power)
+    return x.abs_().pow_(power)
 
 
 def dequantize(codes, scales, offsets, group_size):

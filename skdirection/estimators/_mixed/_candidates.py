@@ -22,7 +22,7 @@ _LATENT_BITS = 8
 # the codebooks that rows chose are then refitted on those rows, all of them.
 _KMEANS_ITER = 6
 _KMEANS_POINTS_PER_VALUE = 32
-_REFIT_ITER = 4  # a refit starts from the codebooks it refines
+_REFIT_ITER = 8  # a refit starts from the codebooks it refines, on every member row
 
 
 @dataclass

@@ -17,12 +17,14 @@ from ...codecs.product import MAX_CENTROIDS
 
 _LATENT_BITS = 8
 # The first fit of the codebooks only has to rank the codecs for a first assignment, so
-# it trains on a sample of this many rows a centroid and a value of the block (as many
-# distances for every block size; more rows where a block has more dimensions to fit);
-# the codebooks that rows chose are then refitted on those rows, all of them.
-_KMEANS_ITER = 6
+# it runs few iterations on a sample of this many rows a centroid and a value of the
+# block (as many distances for every block size; more rows where a block has more
+# dimensions to fit); the codebooks that rows chose are then refitted on those rows,
+# all of them. On SmolLM2's table with token counts, 4 + 8 iterations reach a lower
+# weighted error at 8x and 16x than 8 iterations on every row followed by 4.
+_KMEANS_ITER = 4
 _KMEANS_POINTS_PER_VALUE = 32
-_REFIT_ITER = 8  # a refit starts from the codebooks it refines, on every member row
+_REFIT_ITER = 8  # a refit starts from the codebooks it refines
 
 
 @dataclass

@@ -84,6 +84,8 @@ class FrequencyMixedCompressor(TableCompressor):
         Torch device of the fit (k-means, candidate errors, basis): ``"auto"`` (CUDA
         when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Rows are processed in
         chunks, so a 262144 x 640 table fits; the fitted codecs are kept on the CPU.
+        The budget search runs on the CPU, over one measured error a row and codec: most
+        of its steps touch the few rows whose choice is still open.
     random_state : int, RandomState instance or None, default=None
         Seeds the starting centroids of the codebooks' k-means.
     verbose : int, default=0

@@ -34,6 +34,12 @@ class FrequencyMixedCompressor(TableCompressor):
     basis and the codebooks are then refitted on the rows assigned to them and the
     assignment redone.
 
+    Each candidate is fitted once: one basis serves every rank, the unit rows are made
+    once for every block size, and the first k-means of a block size runs a few
+    iterations on a weighted sample, enough to rank the codecs; the codebooks that rows
+    chose are refitted on all of those rows. Only the codecs refitted are measured
+    again, and the refits stop once the assignment stops changing.
+
     Everything stored is counted against the budget: codes, scales, offsets, latent
     tables, decoders, norms and the per-row part ids.
 

@@ -5,6 +5,7 @@ scikit-learn's TruncatedSVD, and our ProductQuantizer vs faiss's, on SmolLM2-135
     python benchmarks/bench_speed.py --device cpu --threads 2
     python benchmarks/bench_speed.py --device cuda --perplexity-tokens 0
     python benchmarks/bench_speed.py --threads 2 --only-pq
+    python benchmarks/bench_speed.py --threads 1 --only-mix
 
 The product quantizers (needs ``faiss-cpu``; ``--pq-blocks`` with no value skips them)
 learn 256 centroids a block of the unit rows, faiss at 10 iterations, ours at its
@@ -12,6 +13,13 @@ default and at 10, in turn within every repeat so that load from other processes
 them alike; the table gives the median time, the 1-minute load average at the start of
 those runs, and the mean squared error of the unit rows encoded with the codebooks
 learned (faiss's encoder for all, every row weighted alike).
+
+The frequency-aware mix (``--mix-ratios``; none skips it) is fitted once a ratio on the
+embedding with SmolLM2's token counts over gensim's Lee corpus and Wikipedia slice as
+``sample_weight`` (as ``bench_quality.py`` does), beside one faiss
+``ProductQuantizer.train`` in blocks of 4 at 10 iterations on the unit rows, in the
+same run; the table gives both times, their quotient and the mix's weighted cosine
+distance.
 
 Quality is the mean row cosine, the relative Frobenius error and, for the two
 autoencoders, SmolLM2's perplexity on the first ``--perplexity-tokens`` tokens of
@@ -43,6 +51,7 @@ from _common import (  # noqa: E402
 
 from skdirection import (  # noqa: E402
     DirectionAutoEncoder,
+    FrequencyMixedCompressor,
     ProductQuantizer,
     TruncatedSVDCompressor,
 )
@@ -50,6 +59,7 @@ from skdirection.metrics import mean_cosine_similarity  # noqa: E402
 
 COLUMNS = ["method", "seconds", "epochs", "mean_cosine", "relative_error", "perplexity"]
 PQ_COLUMNS = ["method", "block_size", "seconds", "iterations", "mse", "load", "runs"]
+MIX_COLUMNS = ["method", "seconds", "times_faiss", "weighted_cosine_distance", "load"]
 
 
 def median_fit(make, X, repeats, device):
@@ -168,6 +178,59 @@ def run_product_quantizers(X, args):
     print(f"wrote {write_csv(rows, PQ_COLUMNS, RESULTS / name)}")
 
 
+def smollm2_token_counts(n_rows):
+    """SmolLM2's token counts over gensim's Lee corpus and Wikipedia slice."""
+    from skdirection.adapters.transformers import token_counts
+    from skdirection.datasets import load_lee_text, load_smollm2, load_wikipedia_text
+
+    _, tokenizer = load_smollm2()
+    return token_counts(tokenizer, load_lee_text() + load_wikipedia_text(), n_rows)
+
+
+def run_mix(X, args):
+    """The mix's fit time at each ratio beside faiss's blocks-of-4 training, one run."""
+    import faiss
+
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    counts = smollm2_token_counts(X.shape[0])
+    U = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    U = np.ascontiguousarray(U, dtype=np.float32)
+    load = os.getloadavg()[0]
+    _, faiss_seconds = timed(faiss_codebooks, U, 4, 10)
+    rows = [
+        {
+            "method": "faiss ProductQuantizer.train (block 4, niter=10)",
+            "seconds": faiss_seconds,
+            "times_faiss": 1.0,
+            "weighted_cosine_distance": "-",
+            "load": load,
+        }
+    ]
+    print(rows[-1], flush=True)
+    for ratio in args.mix_ratios:
+        load = os.getloadavg()[0]
+        model = FrequencyMixedCompressor(ratio, device=args.device, random_state=0)
+        _, seconds = timed(model.fit, X, sample_weight=counts)
+        rows.append(
+            {
+                "method": f"FrequencyMixedCompressor({ratio:g}).fit",
+                "seconds": seconds,
+                "times_faiss": seconds / faiss_seconds,
+                "weighted_cosine_distance": model.weighted_cosine_distance_,
+                "load": load,
+            }
+        )
+        print(rows[-1], flush=True)
+    print(
+        f"\nSmolLM2 embedding {X.shape[0]} x {X.shape[1]}; the mix weighted by token "
+        "counts (gensim Lee + Wikipedia); faiss on the unit rows, 256 centroids"
+    )
+    print(f"machine: {machine_description(args.device)}, faiss OpenMP threads alike")
+    print(format_table(rows, MIX_COLUMNS))
+    name = f"bench_speed_mix_{args.device.replace(':', '')}.csv"
+    print(f"wrote {write_csv(rows, MIX_COLUMNS, RESULTS / name)}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -183,6 +246,10 @@ def main():
     parser.add_argument(
         "--only-pq", action="store_true", help="only the product quantizers against faiss"
     )
+    parser.add_argument("--mix-ratios", type=float, nargs="*", default=[16])
+    parser.add_argument(
+        "--only-mix", action="store_true", help="only the frequency-aware mix against faiss"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -190,6 +257,9 @@ def main():
     k, device = args.k, args.device
     if args.only_pq:
         run_product_quantizers(X, args)
+        return
+    if args.only_mix:
+        run_mix(X, args)
         return
     measure = None
     if args.perplexity_tokens and not args.table:
@@ -260,6 +330,8 @@ def main():
     print(f"wrote {out}")
     if args.pq_blocks:
         run_product_quantizers(X, args)
+    if args.mix_ratios and not args.table:
+        run_mix(X, args)
 
 
 if __name__ == "__main__":

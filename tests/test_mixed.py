@@ -223,3 +223,112 @@ def test_every_candidate_measures_what_its_table_decodes(embeddings, unit):
             torch.testing.assert_close(measured, stored, rtol=0, atol=1e-6)
             n_codecs += 1
     assert n_codecs >= 4
+
+
+def test_refits_stop_once_the_assignment_settles(data):
+    X, counts = data
+    params = dict(ranks=(4, 8, 16), random_state=0)
+    settled = FrequencyMixedCompressor(8, n_refits=50, **params)
+    settled.fit(X, sample_weight=counts)
+    assert 1 <= settled.n_refits_ < 50
+    # Had the refits not stopped, one more would have found the same assignment.
+    again = FrequencyMixedCompressor(8, n_refits=settled.n_refits_ + 1, **params)
+    again.fit(X, sample_weight=counts)
+    np.testing.assert_array_equal(again.assignment_, settled.assignment_)
+    none = FrequencyMixedCompressor(8, n_refits=0, **params).fit(X, sample_weight=counts)
+    assert none.n_refits_ == 0
+
+
+def test_each_codec_is_fitted_once_and_only_refitted_ones_measured_again(data, monkeypatch):
+    from skdirection.codecs import ProductCodec, ProjectionCodec
+    from skdirection.estimators._mixed import _compressor
+
+    X, counts = data
+    measured, fitted = {}, []
+
+    def counting_measure(codec, *args):
+        measured[codec.name] = measured.get(codec.name, 0) + 1
+        return measure(codec, *args)
+
+    def counting_fit(fit):
+        def wrapped(self, *args, **kwargs):
+            fitted.append((self.name, kwargs.get("init") is not None))
+            return fit(self, *args, **kwargs)
+
+        return wrapped
+
+    measure = _compressor.measure
+    monkeypatch.setattr(_compressor, "measure", counting_measure)
+    for cls in (ProductCodec, ProjectionCodec):
+        monkeypatch.setattr(cls, "fit", counting_fit(cls.fit))
+    mixed = FrequencyMixedCompressor(
+        16, block_sizes=(4, 8), ranks=(4, 8, 16), n_refits=1, random_state=0
+    )
+    mixed.fit(X, sample_weight=counts)
+    used = set(np.asarray(mixed.codecs_)[mixed.assignment_])
+    assert used & {"rank4", "rank8", "rank16"}
+    # One basis for every rank; one k-means a block size; pq rows too few to refit.
+    assert fitted == [("pq4", False), ("pq8", False), ("rank16", False), ("rank16", False)]
+    assert measured.pop("rank4") == measured.pop("rank8") == measured.pop("rank16") == 2
+    assert set(measured.values()) == {1} and len(measured) == len(mixed.codecs_) - 3
+
+
+def test_progress_bar_only_when_verbose(data, capsys):
+    X, counts = data
+    params = dict(ranks=(4,), block_sizes=(4,), random_state=0)
+    FrequencyMixedCompressor(8, verbose=0, **params).fit(X, sample_weight=counts)
+    assert capsys.readouterr().err == ""
+    FrequencyMixedCompressor(8, verbose=1, **params).fit(X, sample_weight=counts)
+    assert "FrequencyMixedCompressor" in capsys.readouterr().err
+
+
+def test_device_is_checked_and_recorded(data):
+    X, counts = data
+    params = dict(ranks=(4,), block_sizes=(4,), random_state=0)
+    with pytest.raises(ValueError, match="device"):
+        FrequencyMixedCompressor(8, device="tpu", **params).fit(X)
+    with pytest.raises(ValueError, match="device"):
+        FrequencyMixedCompressor(8, device=0, **params).fit(X)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            FrequencyMixedCompressor(8, device="cuda", **params).fit(X)
+    on_cpu = FrequencyMixedCompressor(8, device="cpu", **params)
+    on_cpu.fit(X, sample_weight=counts)
+    assert on_cpu.device_ == "cpu"
+    assert on_cpu.components_.dtype == np.float32
+
+
+def _plain_bisection_assign(row_costs, fixed_costs, errors, budget):
+    """The budget solver with every row recomputed at every step (the reference)."""
+    from skdirection.estimators._mixed._budget import total_cost
+
+    row_costs = np.asarray(row_costs, dtype=np.float64)
+    fixed_costs = np.asarray(fixed_costs, dtype=np.float64)
+    allowed = np.arange(len(row_costs))
+    lo, hi = -30.0, 30.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        choice = allowed[np.argmin(errors + 10**mid * row_costs, axis=1)]
+        if total_cost(row_costs, fixed_costs, choice) > budget:
+            lo = mid
+        else:
+            hi = mid
+    return allowed[np.argmin(errors + 10**hi * row_costs, axis=1)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_budget_bisection_matches_recomputing_every_row(seed):
+    from skdirection.estimators._mixed._budget import assign
+
+    rng = np.random.RandomState(seed)
+    n, k = 3000, 7
+    row_costs = np.array([64.0, 40, 32, 24, 16, 12, 8])
+    errors = rng.gamma(1.0, 1e-3, size=(n, 1)) * np.exp(-row_costs / 20)
+    errors = errors * rng.uniform(0.5, 1.5, size=(n, k)) * rng.zipf(1.5, size=(n, 1))
+    errors[:, 0] = 0
+    fixed = np.zeros(k)  # no codec to drop: one bisection decides
+    budget = n * rng.uniform(12, 40)
+    np.testing.assert_array_equal(
+        assign(row_costs, fixed, errors, budget),
+        _plain_bisection_assign(row_costs, fixed, errors, budget),
+    )

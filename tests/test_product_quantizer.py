@@ -137,3 +137,10 @@ def test_same_seed_same_codes(X):
     a = ProductQuantizer(4, random_state=3).fit(X).transform(X)
     b = ProductQuantizer(4, random_state=3).fit(X).transform(X)
     assert np.array_equal(a, b)
+
+
+def test_progress_bar_only_when_verbose(X, capsys):
+    ProductQuantizer(4, max_iter=2, random_state=0).fit(X)
+    assert capsys.readouterr().err == ""
+    ProductQuantizer(4, max_iter=2, random_state=0, verbose=1).fit(X)
+    assert "ProductQuantizer" in capsys.readouterr().err

@@ -122,3 +122,32 @@ def test_sample_weight_is_validated_but_codes_are_per_row(X):
     np.testing.assert_array_equal(q.transform(X), ScalarQuantizer(3).fit(X).transform(X))
     with pytest.raises(ValueError):
         ScalarQuantizer(3).fit(X, sample_weight=-w)
+
+
+@pytest.mark.parametrize("group_size", [8, 12, 40])
+def test_clip_search_keeps_each_groups_best_ratio(X, group_size):
+    # A reference that makes the codes of every ratio tried and keeps the best.
+    from skdirection.codecs import scalar
+
+    rows = torch.from_numpy(X)
+    n, d = rows.shape
+    grouped = scalar._grouped(rows, group_size)
+    valid = torch.arange(grouped.shape[1] * group_size) < d
+    lo, hi = grouped.amin(dim=2), grouped.amax(dim=2)
+    spread = (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)[..., None]
+    best_err = torch.full(lo.shape, torch.inf)
+    best_codes, best_scales = torch.zeros_like(grouped), torch.zeros_like(lo).half()
+    for ratio in scalar.CLIP_RATIOS:
+        scale, offset = ((hi - lo) * ratio / 7).half(), (lo * ratio).half()
+        s, o = scale.float()[..., None], offset.float()[..., None]
+        q = torch.clamp(torch.round((grouped - o) / torch.where(s > 0, s, 1)), 0, 7)
+        relative = ((q * s + o) - grouped).abs() / spread
+        err = (relative**8 * valid.view(1, -1, group_size)).sum(dim=2)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_codes = torch.where(better[..., None], q, best_codes)
+        best_scales = torch.where(better, scale, best_scales)
+    codes, scales, _ = scalar.quantize(rows, 3, group_size)
+    # x ** 8 by three squarings may round a near tie the other way, rarely.
+    assert (codes != best_codes.reshape(n, -1)[:, :d]).float().mean() < 1e-3
+    assert (scales != best_scales).float().mean() < 1e-2

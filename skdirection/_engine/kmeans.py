@@ -73,6 +73,7 @@ def weighted_kmeans(
     *,
     relax=2.0,
     max_points_per_centroid=256,
+    progress=None,
 ):
     """Lloyd's algorithm, over-relaxed, on every block at once, rows weighted by ``weight``.
 
@@ -105,6 +106,8 @@ def weighted_kmeans(
         runs on ``n_centroids * max_points_per_centroid`` rows drawn with replacement
         with probability proportional to their weight, each weighted by how many times
         it was drawn. None trains on every row.
+    progress : tqdm or None, default=None
+        Advanced by one step an iteration.
 
     Returns
     -------
@@ -113,11 +116,10 @@ def weighted_kmeans(
         Iterations run.
     """
     dtype, device = blocks.dtype, blocks.device
-    weight = weight.to(device=device, dtype=torch.float64).reshape(-1)
-    if max_points_per_centroid is not None:
-        size = n_centroids * max_points_per_centroid
-        if int(torch.count_nonzero(weight)) > size:
-            blocks, weight = _sample(blocks, weight, size, generator)
+    rows, weight = training_rows(weight, n_centroids, max_points_per_centroid, generator)
+    weight = weight.to(device=device, dtype=torch.float64)
+    if rows is not None:
+        blocks = blocks[:, rows.to(device)]
     if init is not None:
         codebooks = init.to(device=device, dtype=torch.float32, copy=True)
     else:
@@ -134,6 +136,8 @@ def weighted_kmeans(
             changed = sum(result[0] for result in results)
             error = sum(result[1] for result in results)
             means = clusters.means(codebooks)
+            if progress is not None:
+                progress.update()
             if changed == 0:
                 return means.to(dtype), iteration
             if error > previous_error:
@@ -242,13 +246,22 @@ class _Scratch(threading.local):
         return buffer[:size].view(shape)
 
 
-def _sample(blocks, weight, size, generator):
-    """``size`` rows drawn with replacement, with probability proportional to their
-    weight: the distinct rows drawn, and how many times each was."""
+def training_rows(weight, n_centroids, max_points_per_centroid, generator):
+    """The rows :func:`weighted_kmeans` trains on and their weights: when more rows
+    have a positive weight than ``max_points_per_centroid`` a centroid, that many a
+    centroid drawn with replacement with probability proportional to their weight (the
+    distinct rows drawn, each weighted by how many times it was); else ``None`` (every
+    row) and ``weight``. Drawing them before the rows are cut into blocks spares a copy
+    of the whole table."""
+    weight = weight.to(dtype=torch.float64).reshape(-1)
+    if max_points_per_centroid is None:
+        return None, weight
+    size = n_centroids * max_points_per_centroid
+    if int(torch.count_nonzero(weight)) <= size:
+        return None, weight
     drawn = torch.multinomial(weight.cpu(), size, replacement=True, generator=generator)
     rows, times = torch.unique(drawn, return_counts=True)
-    device = blocks.device
-    return blocks[:, rows.to(device)], times.to(device=device, dtype=torch.float64)
+    return rows, times.to(dtype=torch.float64)
 
 
 def _initial_codebooks(blocks, weight, n_centroids, generator):

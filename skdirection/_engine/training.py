@@ -7,10 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import backend
 from .backend import as_tensor, chunk_rows_for
+from .progress import progress_bar
 
 
 class ShuffledBatches:
@@ -179,7 +179,7 @@ def train(
     loss_curve = []
     best_loss, best_state = float("inf"), copy.deepcopy(module.state_dict())
     stale = 0
-    epochs = tqdm(range(max_iter), desc=description, disable=not verbose, leave=False)
+    epochs = progress_bar(range(max_iter), desc=description, verbose=verbose)
     try:
         for _ in epochs:
             epoch_loss = trainer.run_epoch(batches)

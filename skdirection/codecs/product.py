@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._engine.kmeans import nearest_centroids, weighted_kmeans
+from .._engine.kmeans import nearest_centroids, training_rows, weighted_kmeans
 from ._codec import Codec
 from ._table import (
     CompressedTable,
@@ -181,20 +181,40 @@ class ProductCodec(Codec):
         self.codebooks = None
         self.name = f"pq{block_size}"
 
-    def fit(self, rows, weight=None, generator=None, *, init=None, n_iter=None):
-        """Learn the codebooks; ``init`` (codebooks) warm-starts a refit."""
+    def fit(
+        self,
+        rows,
+        weight=None,
+        generator=None,
+        *,
+        init=None,
+        n_iter=None,
+        max_points_per_centroid=256,
+        progress=None,
+    ):
+        """Learn the codebooks; ``init`` (codebooks) warm-starts a refit, the k-means
+        trains on at most ``max_points_per_centroid`` rows a centroid (drawn in
+        proportion to ``weight``) and advances ``progress`` (a tqdm bar) an
+        iteration."""
         if weight is None:
             weight = torch.ones(rows.shape[0], dtype=torch.float64)
         weight = torch.as_tensor(weight, dtype=torch.float64)
         n_centroids = min(self.n_centroids, int(torch.count_nonzero(weight)))
-        weight = (weight / weight.sum()).float().to(rows.device)
+        weight = (weight / weight.sum()).float()
+        sample, weight = training_rows(
+            weight, n_centroids, max_points_per_centroid, generator
+        )
+        if sample is not None:
+            rows = rows[sample.to(rows.device)]
         codebooks, self.n_iter_ = weighted_kmeans(
             blocked(rows, self.block_size),
-            weight,
+            weight.to(rows.device),
             n_centroids,
             self.n_iter if n_iter is None else n_iter,
             generator,
             None if init is None else init.float(),
+            max_points_per_centroid=None,
+            progress=progress,
         )
         self.codebooks = codebooks.to(self.codebook_dtype)
         return self

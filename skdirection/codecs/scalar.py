@@ -24,8 +24,9 @@ CLIP_RATIOS = tuple(1.0 - 0.05 * i for i in range(11))
 # for int4 per row and x1.267, x1.170, x1.162 for int2 in groups of 32.
 CLIP_ERROR_POWER = 8
 FLOAT16_MAX = 65504.0
-# Rows quantized at once: the clipping search holds a few float copies of them.
-_QUANTIZE_CHUNK = 8192
+# Rows quantized at once: the clipping search works on one float copy of them, which
+# then stays in cache.
+_QUANTIZE_CHUNK = 2048
 
 
 def n_groups(n_features, group_size):
@@ -82,41 +83,66 @@ def quantize(X, bits, group_size, scale_dtype=torch.float16, clip_search=True):
 
 def _quantize_rows(X, bits, group_size, scale_dtype, clip_search):
     n, d = X.shape
-    X = X.to(torch.float32)
-    grouped = _grouped(X, group_size)
-    valid = torch.ones(
-        n_groups(d, group_size) * group_size, dtype=torch.float32, device=X.device
-    )
-    valid[d:] = 0
-    valid = valid.reshape(1, -1, group_size)
+    grouped = _grouped(X.to(torch.float32), group_size)
+    pad = grouped.shape[1] * group_size - d
     lo, hi = grouped.amin(dim=2), grouped.amax(dim=2)
-    spread = (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)[..., None]
     levels = 2**bits - 1
-    best_err = best_codes = best_scale = best_offset = None
-    for ratio in CLIP_RATIOS if clip_search else (1.0,):
-        scale = ((hi - lo) * ratio / levels).to(scale_dtype)
-        offset = (lo * ratio).to(scale_dtype)
-        s, o = scale.float()[..., None], offset.float()[..., None]
-        safe = torch.where(s > 0, s, torch.ones_like(s))
-        codes = torch.clamp(torch.round((grouped - o) / safe), 0, levels)
-        # Errors relative to the group's range, so that the power cannot underflow.
-        relative = ((codes * s + o) - grouped).abs() / spread
-        err = (relative**CLIP_ERROR_POWER * valid).sum(dim=2)
-        if best_err is None:
-            best_err, best_codes, best_scale, best_offset = err, codes, scale, offset
-            continue
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_codes = torch.where(better[..., None], codes, best_codes)
-        best_scale = torch.where(better, scale, best_scale)
-        best_offset = torch.where(better, offset, best_offset)
-    codes = best_codes.reshape(n, -1)[:, :d].to(torch.uint8)
-    return codes, best_scale, best_offset
+    ratios = CLIP_RATIOS if clip_search else (1.0,)
+    best = torch.zeros(lo.shape, dtype=torch.long, device=X.device)
+    if len(ratios) > 1:
+        # The search keeps each group's best ratio only; the codes are made once, after.
+        spread = (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)[..., None]
+        work = torch.empty_like(grouped)
+        best_err = None
+        for i, ratio in enumerate(ratios):
+            scale, offset = _scale_offset(lo, hi, ratio, levels, scale_dtype)
+            s, o = scale.float()[..., None], offset.float()[..., None]
+            _codes(grouped, s, o, levels, work).mul_(s).add_(o)
+            # Errors relative to the group's range, so that the power cannot underflow.
+            _power(work.sub_(grouped).div_(spread), CLIP_ERROR_POWER)
+            if pad:
+                work[:, -1, group_size - pad :] = 0
+            err = work.sum(dim=2)
+            if best_err is None:
+                best_err = err
+                continue
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better, i, best)
+    ratio = torch.tensor(ratios, dtype=torch.float32, device=X.device)[best]
+    scale, offset = _scale_offset(lo, hi, ratio, levels, scale_dtype)
+    s, o = scale.float()[..., None], offset.float()[..., None]
+    codes = _codes(grouped, s, o, levels, torch.empty_like(grouped))
+    return codes.reshape(n, -1)[:, :d].to(torch.uint8), scale, offset
+
+
+def _scale_offset(lo, hi, ratio, levels, scale_dtype):
+    """Scale and offset of the groups spanning ``ratio * [lo, hi]``, at ``scale_dtype``."""
+    return ((hi - lo) * ratio / levels).to(scale_dtype), (lo * ratio).to(scale_dtype)
+
+
+def _codes(grouped, s, o, levels, out):
+    """Codes (as floats) of ``grouped`` at scales ``s`` and offsets ``o``, into ``out``."""
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    return torch.sub(grouped, o, out=out).div_(safe).round_().clamp_(0, levels)
+
+
+def _power(x, power):
+    """``|x| ** power`` in place; a power of two by repeated squaring."""
+    if power > 1 and power & (power - 1) == 0:
+        while power > 1:
+            x.square_()
+            power //= 2
+        return x
+    return x.abs_().pow_(power)
 
 
 def dequantize(codes, scales, offsets, group_size):
     """Rows from codes ``(n, d)`` and per-group ``scales``/``offsets`` ``(n, n_groups)``."""
-    d = codes.shape[1]
+    n, d = codes.shape
+    if d % group_size == 0:
+        grouped = codes.float().view(n, -1, group_size)
+        return (grouped * scales.float()[..., None] + offsets.float()[..., None]).view(n, d)
     group = torch.arange(d, device=codes.device) // group_size
     return codes.float() * scales.float()[:, group] + offsets.float()[:, group]
 

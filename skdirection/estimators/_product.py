@@ -15,6 +15,7 @@ from .._engine.backend import (
     torch_generator,
 )
 from .._engine.numerics import unit_rows
+from .._engine.progress import progress_bar
 from ..codecs import NormScaledCodec, ProductCodec
 from ..codecs.product import MAX_CENTROIDS, decode_blocks, encode_blocks, n_blocks
 from ._base import BaseCompressor
@@ -53,6 +54,8 @@ class ProductQuantizer(BaseCompressor):
         Torch device of the k-means: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     random_state : int, RandomState instance or None, default=None
         Seeds the draw of the starting centroids.
+    verbose : int, default=0
+        Show a progress bar over the k-means iterations.
 
     Attributes
     ----------
@@ -126,6 +129,7 @@ class ProductQuantizer(BaseCompressor):
         "codebook_dtype": [StrOptions({"float16", "float32"})],
         "device": [str],
         "random_state": ["random_state"],
+        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -138,6 +142,7 @@ class ProductQuantizer(BaseCompressor):
         codebook_dtype="float16",
         device="auto",
         random_state=None,
+        verbose=0,
     ):
         self.block_size = block_size
         self.n_centroids = n_centroids
@@ -146,6 +151,7 @@ class ProductQuantizer(BaseCompressor):
         self.codebook_dtype = codebook_dtype
         self.device = device
         self.random_state = random_state
+        self.verbose = verbose
 
     _fitted_marker = "codebooks_"
 
@@ -178,7 +184,10 @@ class ProductQuantizer(BaseCompressor):
         rows = float32_rows(X, device)
         generator = torch_generator(check_random_state(self.random_state), "cpu")
         codec = self._codec()
-        codec.fit(rows, None if weight is None else torch.from_numpy(weight), generator)
+        weight = None if weight is None else torch.from_numpy(weight)
+        name = type(self).__name__
+        with progress_bar(total=self.max_iter, desc=name, verbose=self.verbose) as bar:
+            codec.fit(rows, weight, generator, progress=bar)
         product = codec.inner if self.keep_norms else codec
         self.codebooks_ = product.codebooks.cpu().numpy()
         self.n_iter_ = product.n_iter_

@@ -17,7 +17,7 @@ class BudgetUnreachable(ValueError):
 def total_cost(row_costs, fixed_costs, assignment):
     """Stored size of an assignment: every row's codes, the fixed cost of every codec
     in use, and the bit-packed part id of every row."""
-    used = np.unique(assignment)
+    used = np.flatnonzero(np.bincount(assignment, minlength=len(fixed_costs)))
     return (
         row_costs[assignment].sum()
         + fixed_costs[used].sum()
@@ -58,18 +58,50 @@ def assign(row_costs, fixed_costs, errors, budget):
         objective = errors[:, allowed] + lam * row_costs[allowed]
         return allowed[np.argmin(objective, axis=1)]
 
+    def bisect(allowed):
+        """``choose(10**hi, allowed)`` at the end of a bisection of ``log10(lam)`` over
+        ``[-30, 30]`` for the cheapest price within the budget. A row whose choice is
+        the same at both ends of the interval keeps it inside (the difference of two
+        codecs' objectives is linear in ``lam``), so only the others are recomputed,
+        and the cost is updated by what they change."""
+        sub = np.ascontiguousarray(errors[:, allowed])
+        costs, fixed = row_costs[allowed], fixed_costs[allowed]
+        n_rows = len(sub)
+
+        def cost_of(row_sum, counts):
+            used = counts > 0
+            return row_sum + fixed[used].sum() + partition_size(n_rows, used.sum()).n_bytes
+
+        lo, hi = -30.0, 30.0
+        at_lo = np.argmin(sub + 10**lo * costs, axis=1)
+        at_hi = np.argmin(sub + 10**hi * costs, axis=1)
+        hi_sum = costs[at_hi].sum()
+        hi_counts = np.bincount(at_hi, minlength=len(allowed))
+        open_rows = np.flatnonzero(at_lo != at_hi)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            was = at_hi[open_rows]
+            now = np.argmin(sub[open_rows] + 10**mid * costs, axis=1)
+            mid_sum = hi_sum + costs[now].sum() - costs[was].sum()
+            mid_counts = (
+                hi_counts
+                - np.bincount(was, minlength=len(allowed))
+                + np.bincount(now, minlength=len(allowed))
+            )
+            if cost_of(mid_sum, mid_counts) > budget:
+                lo = mid
+                at_lo[open_rows] = now
+            else:
+                hi, hi_sum, hi_counts = mid, mid_sum, mid_counts
+                at_hi[open_rows] = now
+            open_rows = open_rows[at_lo[open_rows] != at_hi[open_rows]]
+        return allowed[at_hi]
+
     def solve(allowed):
         if cost(choose(1e30, allowed)) > budget:
             return None
         for _ in range(4):
-            lo, hi = -30.0, 30.0
-            for _ in range(60):
-                mid = (lo + hi) / 2
-                if cost(choose(10**mid, allowed)) > budget:
-                    lo = mid
-                else:
-                    hi = mid
-            assignment = choose(10**hi, allowed)
+            assignment = bisect(allowed)
             now_used = np.unique(assignment)
             if len(now_used) == len(allowed):
                 break

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..._engine.numerics import row_cosine
+from ..._engine.numerics import row_cosine, unit_rows
 from ...codecs import (
     DenseCodec,
     NormScaledCodec,
@@ -16,8 +16,15 @@ from ...codecs import (
 from ...codecs.product import MAX_CENTROIDS
 
 _LATENT_BITS = 8
-_KMEANS_ITER = 8
-_REFIT_ITER = 4  # a refit starts from the codebooks it refines
+# The first fit of the codebooks only has to rank the codecs for a first assignment, so
+# it runs few iterations on a sample of this many rows a centroid and a value of the
+# block (as many distances for every block size; more rows where a block has more
+# dimensions to fit); the codebooks that rows chose are then refitted on those rows,
+# all of them. On SmolLM2's table with token counts, 4 + 8 iterations reach a lower
+# weighted error at 8x and 16x than 8 iterations on every row followed by 4.
+_KMEANS_ITER = 4
+_KMEANS_POINTS_PER_VALUE = 32
+_REFIT_ITER = 8  # a refit starts from the codebooks it refines
 
 
 @dataclass
@@ -68,9 +75,10 @@ class CandidateFamily:
 
     def refit(self, codecs, rows, weight, members, generator):
         """Refit the codecs on the rows assigned to them (``members``: one boolean mask
-        a codec); return whether anything changed. Codecs that learn nothing from the
-        table keep the default: nothing to refit."""
-        return False
+        a codec); return the codecs refitted (``True``: all of them; ``False`` or an
+        empty list: none). Codecs that learn nothing from the table keep the default:
+        nothing to refit."""
+        return []
 
     def learned(self, codecs):
         """Fitted attributes (name ending in ``_``: value) the mix exposes for these
@@ -130,20 +138,37 @@ class ProductFamily(CandidateFamily):
             for b in block_sizes
         ]
 
+    def fit(self, codecs, rows, weight, generator):
+        if not codecs:
+            return
+        directions = unit_rows(rows)[0]  # once for every block size
+        weight = torch.from_numpy(weight)
+        for codec in codecs:
+            codec.inner.fit(
+                directions,
+                weight,
+                generator,
+                max_points_per_centroid=_KMEANS_POINTS_PER_VALUE * codec.inner.block_size,
+            )
+
     def refit(self, codecs, rows, weight, members, generator):
-        changed = False
+        refitted, directions = [], None
         for codec, rows_of_codec in zip(codecs, members, strict=True):
-            if np.count_nonzero(weight[rows_of_codec]) >= MAX_CENTROIDS:
-                member_weight = torch.from_numpy(np.where(rows_of_codec, weight, 0.0))
-                codec.fit(
-                    rows,
-                    member_weight,
-                    generator,
-                    init=codec.inner.codebooks,
-                    n_iter=_REFIT_ITER,
-                )
-                changed = True
-        return changed
+            if np.count_nonzero(weight[rows_of_codec]) < MAX_CENTROIDS:
+                continue
+            if directions is None:
+                directions = unit_rows(rows)[0]
+            # The rows of other codecs weigh nothing here: left out, they cost nothing.
+            chosen = torch.from_numpy(np.flatnonzero(rows_of_codec)).to(rows.device)
+            codec.inner.fit(
+                directions[chosen],
+                torch.from_numpy(weight[rows_of_codec]),
+                generator,
+                init=codec.inner.codebooks,
+                n_iter=_REFIT_ITER,
+            )
+            refitted.append(codec)
+        return refitted
 
     def learned(self, codecs):
         return {
@@ -176,12 +201,12 @@ class LowRankFamily(CandidateFamily):
 
     def refit(self, codecs, rows, weight, members, generator):
         if not codecs:
-            return False
+            return []
         chosen = np.any(members, axis=0)
         if chosen.sum() <= codecs[0].inner.n_components:
-            return False
+            return []
         self.fit(codecs, rows, np.where(chosen, weight, 0.0), generator)
-        return True
+        return codecs
 
     def learned(self, codecs):
         return {"components_": codecs[0].inner.components.cpu().numpy() if codecs else None}

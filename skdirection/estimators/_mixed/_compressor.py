@@ -8,9 +8,9 @@ from sklearn.base import _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
-from tqdm.auto import tqdm
 
 from ..._engine.backend import float32_rows, resolve_device, torch_generator
+from ..._engine.progress import progress_bar
 from ...codecs import PartitionedTable
 from ...codecs.scalar import SUPPORTED_BITS
 from .._base import TableCompressor
@@ -33,6 +33,12 @@ class FrequencyMixedCompressor(TableCompressor):
     the budget is found by a Lagrangian search (a multiple-choice knapsack). The low-rank
     basis and the codebooks are then refitted on the rows assigned to them and the
     assignment redone.
+
+    Each candidate is fitted once: one basis serves every rank, the unit rows are made
+    once for every block size, and the first k-means of a block size runs a few
+    iterations on a weighted sample, enough to rank the codecs; the codebooks that rows
+    chose are refitted on all of those rows. Only the codecs refitted are measured
+    again, and the refits stop once the assignment stops changing.
 
     Everything stored is counted against the budget: codes, scales, offsets, latent
     tables, decoders, norms and the per-row part ids.
@@ -60,8 +66,9 @@ class FrequencyMixedCompressor(TableCompressor):
     ranks : tuple of int, default=(16, 32, 64, 128)
         Ranks of the low-rank candidates; those not below ``n_features`` are skipped.
     n_refits : int, default=1
-        Times the low-rank basis and the codebooks are refitted on the rows assigned
-        to them.
+        Most times the low-rank basis and the codebooks are refitted on the rows
+        assigned to them (each refit followed by a new assignment); the refits stop
+        once an assignment no longer changes.
     weight_power : float, default=0.5
         ``sample_weight`` is raised to this power before the assignment. Token counts
         from one corpus overstate how much another text relies on its most frequent
@@ -83,10 +90,13 @@ class FrequencyMixedCompressor(TableCompressor):
         Torch device of the fit (k-means, candidate errors, basis): ``"auto"`` (CUDA
         when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Rows are processed in
         chunks, so a 262144 x 640 table fits; the fitted codecs are kept on the CPU.
+        The budget search runs on the CPU, over one measured error a row and codec: most
+        of its steps touch the few rows whose choice is still open.
     random_state : int, RandomState instance or None, default=None
         Seeds the starting centroids of the codebooks' k-means.
     verbose : int, default=0
-        Show a progress bar over the fit's stages.
+        Show a progress bar over the fit's stages: the candidates fitted, each one
+        measured, the assignment and each refit.
 
     Attributes
     ----------
@@ -108,6 +118,8 @@ class FrequencyMixedCompressor(TableCompressor):
         Achieved ratio in ``ratio_unit``.
     device_ : str
         Device the fit ran on.
+    n_refits_ : int
+        Refits run (at most ``n_refits``; fewer when an assignment stopped changing).
     n_rows_ : int
         Rows of the fitted table.
     n_features_in_ : int
@@ -245,25 +257,26 @@ class FrequencyMixedCompressor(TableCompressor):
         families = [
             (family, family.codecs(self, n, d)) for family in CANDIDATE_FAMILIES.values()
         ]
-        progress = tqdm(
-            total=2 + self.n_refits,
+        n_codecs = sum(len(codecs) for _, codecs in families)
+        budget = n * d * (4 if self.ratio_unit == "bytes" else 1) / self.ratio
+        self.n_refits_ = 0
+        with progress_bar(
+            total=2 * n_codecs + 1 + self.n_refits,
             desc=type(self).__name__,
-            disable=not self.verbose,
-            leave=False,
-        )
-        with progress:
+            verbose=self.verbose,
+        ) as bar:
             for family, codecs in families:
                 family.fit(codecs, rows, weight, generator)
-            progress.update()
-            candidates = self._measure(families, rows)
-            budget = n * d * (4 if self.ratio_unit == "bytes" else 1) / self.ratio
+                bar.update(len(codecs))
+            candidates = self._measure(families, rows, bar)
             assignment = self._assign(candidates, weight, budget)
-            progress.update()
+            bar.update()
             for _ in range(self.n_refits):
                 candidates, assignment, changed = self._refit(
                     families, candidates, assignment, rows, weight, budget, generator
                 )
-                progress.update()
+                self.n_refits_ += 1
+                bar.update()
                 if not changed:
                     break
 
@@ -283,15 +296,15 @@ class FrequencyMixedCompressor(TableCompressor):
         self.n_rows_ = n
         return self
 
-    def _measure(self, families, rows):
+    def _measure(self, families, rows, bar):
         """Every codec of every family as a :class:`Candidate`, the most bytes a row
         first."""
         n = rows.shape[0]
-        candidates = [
-            measure(codec, family, rows, self.ratio_unit, n)
-            for family, codecs in families
-            for codec in codecs
-        ]
+        candidates = []
+        for family, codecs in families:
+            for codec in codecs:
+                candidates.append(measure(codec, family, rows, self.ratio_unit, n))
+                bar.update()
         return sorted(candidates, key=lambda c: -c.row_cost)
 
     def _refit(self, families, candidates, assignment, rows, weight, budget, generator):
@@ -300,14 +313,14 @@ class FrequencyMixedCompressor(TableCompressor):
         refitted = []
         for family, codecs in families:
             members = [assignment == self._index(candidates, c) for c in codecs]
-            if family.refit(codecs, rows, weight, members, generator):
-                refitted.append(family)
+            changed = family.refit(codecs, rows, weight, members, generator)
+            refitted.extend(codecs if changed is True else changed or [])
         if not refitted:
             return candidates, assignment, False
         n = rows.shape[0]
         candidates = [
             measure(c.codec, c.family, rows, self.ratio_unit, n)
-            if c.family in refitted
+            if any(c.codec is codec for codec in refitted)
             else c
             for c in candidates
         ]

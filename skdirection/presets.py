@@ -42,7 +42,7 @@ DEFAULT_OPTIONS = {
     "ratio_unit": "params",
     "weighted": False,  # whether the fit gets token counts as sample_weight
     "column_weight": None,  # importance of each column (ColumnWeightedCompressor)
-    "identity_weight": 0.9,  # its share of the plain squared error
+    "identity_weight": 0.8,  # its share of the plain squared error
 }
 
 RATIO_UNITS = ("params", "bytes")

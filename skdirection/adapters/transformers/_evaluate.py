@@ -69,7 +69,7 @@ def evaluate(
     ``"both"``), the second moment of the head's inputs is measured on them
     (:func:`head_moment`, first ``calibration_tokens`` tokens) and every method is
     fitted through :class:`~skdirection.ColumnWeightedCompressor` with its diagonal as
-    the column weights (``options["identity_weight"]``, default 0.9, keeps part of the
+    the column weights (``options["identity_weight"]``, default 0.8, keeps part of the
     plain error): the codec's precision goes where the head's errors cost the most.
 
     Returns

@@ -22,7 +22,8 @@ Token counts and ``H`` from gensim's Lee + Wikipedia (``H`` from the first
         --ratios 8 16 32 --variants diag:0.8
 
 gave (2-core CPU, torch 2.13.0): mix at 8x x1.030 (KL 0.032) plain, x1.013 (0.020)
-with diag:0.8; 16x x1.81 (0.591), x1.28 (0.235); 32x x15.2 (2.70), x2.73 (1.01).
+with diag:0.8; 16x x1.81 (0.591), x1.28 (0.235); 32x x15.2 (2.70), x2.73 (1.01);
+diag:0.6 gave x1.23 (0.215) at 16x and x2.59 (0.944) at 32x.
 On 1024 tokens, int3 in groups of 32 (8x): x1.34 (0.336) plain, diag:0.9 x1.24
 (0.213), full:0.9 x1.27 (0.267, 7.6x), top:1 x1.27 (0.273), top:16 x1.37 (0.304);
 the mix at 16x: plain x1.88 (0.645), full:0.5 x2.22 (0.825), diag:0.95 x1.33 (0.271),

@@ -103,7 +103,7 @@ def column_scaled_ratio(n_rows, n_features, ratio, ratio_unit):
     Examples
     --------
     >>> round(column_scaled_ratio(49152, 576, 16, "bytes"), 4)
-    16.0026
+    16.0052
     """
     original = n_rows * n_features * (4 if ratio_unit == "bytes" else 1)
     scales = StoredSize.of_values(n_features, torch.float32).in_unit(ratio_unit)

@@ -8,6 +8,7 @@ models) under :mod:`skdirection.cli`.
 """
 
 from .codecs import (
+    ColumnScaledTable,
     CompressedTable,
     DenseTable,
     LinearDecodedTable,
@@ -20,6 +21,7 @@ from .codecs import (
     save_table,
 )
 from .estimators import (
+    ColumnWeightedCompressor,
     DirectionAutoEncoder,
     FrequencyMixedCompressor,
     ProductQuantizer,
@@ -30,6 +32,8 @@ from .estimators import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ColumnScaledTable",
+    "ColumnWeightedCompressor",
     "CompressedTable",
     "DenseTable",
     "DirectionAutoEncoder",

@@ -101,6 +101,13 @@ def _parser():
         "use them; default: every row the same weight)",
     )
     evaluate.add_argument(
+        "--calibration-text",
+        help="plain-text file (or 'lee', 'wikipedia') on which the output head's inputs "
+        "are measured, with --target output or both: each column of the table is then "
+        "weighted by how much the head's errors on it cost (ColumnWeightedCompressor); "
+        "use another text than the one measured (default: no column weights)",
+    )
+    evaluate.add_argument(
         "--max-tokens",
         type=int,
         default=None,
@@ -155,6 +162,13 @@ def _evaluate_command(args):
         raise SystemExit("skdirection: --max-tokens must be at least 2.")
     eval_texts = _read_text(args.eval_text or "wikipedia")
     counts_texts = _read_text(args.counts_text) if args.counts_text else None
+    calibration = args.calibration_text
+    if calibration and args.target == "input":
+        raise SystemExit(
+            "skdirection: --calibration-text weights the output head's errors: it needs "
+            "--target output or both."
+        )
+    calibration_texts = _read_text(calibration) if calibration else None
     try:
         model, tokenizer = load_model(args.model)
     except ValueError as exc:
@@ -181,6 +195,7 @@ def _evaluate_command(args):
             target=args.target,
             eval_texts=eval_texts,
             counts_texts=counts_texts,
+            calibration_texts=calibration_texts,
             max_tokens=args.max_tokens,
             options=options,
             progress=not args.quiet,

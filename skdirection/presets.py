@@ -5,16 +5,25 @@ compression ratio to meet and the run's options, returns an unfitted estimator w
 ``compress`` stores a table at least ``ratio`` times smaller than the float32 matrix.
 ``options["ratio_unit"]`` says what is counted: ``"params"`` (stored values, the paper's
 metric) or ``"bytes"``. The estimator then takes the run's ``device``, ``seed`` (as
-``random_state``) and ``verbose`` wherever it has those parameters. A new method is one
-more :func:`register_method` call.
+``random_state``) and ``verbose`` wherever it has those parameters. With
+``options["column_weight"]`` (the diagonal of an output head's input moment, say) every
+method is wrapped in :class:`ColumnWeightedCompressor`, its ratio raised to pay for the
+stored column scales. A new method is one more :func:`register_method` call.
 """
 
 from dataclasses import dataclass
 
 import torch
 
-from .codecs import NormScaledCodec, ProductCodec, ScalarCodec, largest_rank
+from .codecs import (
+    NormScaledCodec,
+    ProductCodec,
+    ScalarCodec,
+    StoredSize,
+    largest_rank,
+)
 from .estimators import (
+    ColumnWeightedCompressor,
     DirectionAutoEncoder,
     FrequencyMixedCompressor,
     ProductQuantizer,
@@ -32,6 +41,8 @@ DEFAULT_OPTIONS = {
     "verbose": 0,
     "ratio_unit": "params",
     "weighted": False,  # whether the fit gets token counts as sample_weight
+    "column_weight": None,  # importance of each column (ColumnWeightedCompressor)
+    "identity_weight": 0.8,  # its share of the plain squared error
 }
 
 RATIO_UNITS = ("params", "bytes")
@@ -65,6 +76,9 @@ def build_compressor(name, n_rows, n_features, ratio, options=None):
         raise ValueError(
             f"ratio_unit must be one of {RATIO_UNITS}, got {merged['ratio_unit']!r}."
         )
+    column_weight = merged["column_weight"]
+    if column_weight is not None:
+        ratio = column_scaled_ratio(n_rows, n_features, ratio, merged["ratio_unit"])
     estimator = METHODS[name].build(n_rows, n_features, ratio, merged)
     shared = {
         "device": merged["device"],
@@ -72,7 +86,31 @@ def build_compressor(name, n_rows, n_features, ratio, options=None):
         "verbose": merged["verbose"],
     }
     params = estimator.get_params(deep=False)
-    return estimator.set_params(**{k: v for k, v in shared.items() if k in params})
+    estimator.set_params(**{k: v for k, v in shared.items() if k in params})
+    if column_weight is None:
+        return estimator
+    return ColumnWeightedCompressor(
+        estimator,
+        column_weight=column_weight,
+        identity_weight=merged["identity_weight"],
+    )
+
+
+def column_scaled_ratio(n_rows, n_features, ratio, ratio_unit):
+    """The ratio a table must meet so that, with the ``n_features`` float32 column
+    scales of a :class:`ColumnScaledTable` beside it, ``ratio`` is met.
+
+    Examples
+    --------
+    >>> round(column_scaled_ratio(49152, 576, 16, "bytes"), 4)
+    16.0052
+    """
+    original = n_rows * n_features * (4 if ratio_unit == "bytes" else 1)
+    scales = StoredSize.of_values(n_features, torch.float32).in_unit(ratio_unit)
+    budget = original / ratio - scales
+    if budget <= 0:
+        raise ValueError(f"ratio {ratio} leaves nothing beside the column scales.")
+    return original / budget
 
 
 def low_rank_components(n_rows, n_features, ratio, *, bias=False):

@@ -3,6 +3,7 @@
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skdirection import (
+    ColumnWeightedCompressor,
     DirectionAutoEncoder,
     FrequencyMixedCompressor,
     ProductQuantizer,
@@ -25,6 +26,7 @@ ESTIMATORS = [
     FrequencyMixedCompressor(ratio=1.5, ranks=(1,)),
     ProductQuantizer(block_size=2, device="cpu", random_state=0),
     ProductQuantizer(block_size=3, keep_norms=False, device="cpu", random_state=0),
+    ColumnWeightedCompressor(ScalarQuantizer(bits=4)),
 ]
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skdirection import (
+    ColumnScaledTable,
     DenseTable,
     LinearDecodedTable,
     LowRankTable,
@@ -103,6 +104,13 @@ TABLES = {
         _linear_decoded(n, seed=seed), _rows(n, seed=seed).norm(dim=1)
     ),
     "partitioned": _partitioned,
+    "column-scaled-int4": lambda n, seed=0: ColumnScaledTable(
+        _scalar(n, 4, 32, seed=seed), torch.rand(N_FEATURES) + 0.5
+    ),
+    "column-scaled-pq4-norms": lambda n, seed=0: ColumnScaledTable(
+        NormScaledTable(_pq(n, seed=seed), _rows(n, seed=seed).norm(dim=1).half()),
+        (torch.rand(N_FEATURES) + 0.5).half(),
+    ),
 }
 
 

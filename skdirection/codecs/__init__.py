@@ -22,6 +22,7 @@ from ._table import (
     register_table,
     save_table,
 )
+from .column_scaled import ColumnScaledTable
 from .dense import DenseCodec, DenseTable
 from .low_rank import (
     LinearDecodedTable,
@@ -37,6 +38,7 @@ from .scalar import QuantizedTable, ScalarCodec
 
 __all__ = [
     "Codec",
+    "ColumnScaledTable",
     "CompressedTable",
     "DenseCodec",
     "DenseTable",

@@ -2,6 +2,7 @@
 state here, the work in :mod:`skdirection.codecs`."""
 
 from ._autoencoder import PAPER_PARAMS, DirectionAutoEncoder
+from ._column_weighted import ColumnWeightedCompressor
 from ._mixed import (
     Candidate,
     CandidateFamily,
@@ -16,6 +17,7 @@ __all__ = [
     "PAPER_PARAMS",
     "Candidate",
     "CandidateFamily",
+    "ColumnWeightedCompressor",
     "DirectionAutoEncoder",
     "FrequencyMixedCompressor",
     "ProductQuantizer",

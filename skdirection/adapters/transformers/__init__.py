@@ -24,6 +24,7 @@ from ._metrics import (
 from ._models import MODELS, load_model
 from ._patch import TARGETS, PatchReport, patch_embeddings, patch_report, unpatch_embeddings
 from ._saving import load_compressed, save_compressed
+from ._sensitivity import head_moment
 from ._text import split_sentences, token_counts
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "PatchReport",
     "count_parameters",
     "evaluate",
+    "head_moment",
     "load_compressed",
     "load_model",
     "patch_embeddings",

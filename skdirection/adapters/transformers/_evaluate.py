@@ -5,6 +5,7 @@ Used by the ``skdirection evaluate`` command and the benchmarks.
 
 import time
 
+import numpy as np
 import torch
 
 from ...metrics import mean_cosine_similarity
@@ -13,6 +14,7 @@ from ...presets import build_compressor
 from ._metrics import LanguageModelMeter, sentence_embeddings, similarity_spearman
 from ._models import is_language_model
 from ._patch import patch_embeddings, unpatch_embeddings
+from ._sensitivity import head_moment
 from ._text import split_sentences, token_counts
 
 COLUMNS = [
@@ -44,6 +46,8 @@ def evaluate(
     target="input",
     eval_texts,
     counts_texts=None,
+    calibration_texts=None,
+    calibration_tokens=16384,
     max_tokens=None,
     n_sentences=300,
     options=None,
@@ -60,6 +64,13 @@ def evaluate(
     original and compressed similarities). A (method, ratio) pair that cannot be met
     (scalar codes at 16x fewer bytes, say) gives a row whose ``note`` says why, and the
     other pairs still run.
+
+    With ``calibration_texts`` and a target that replaces the head (``"output"`` or
+    ``"both"``), the second moment of the head's inputs is measured on them
+    (:func:`head_moment`, first ``calibration_tokens`` tokens) and every method is
+    fitted through :class:`~skdirection.ColumnWeightedCompressor` with its diagonal as
+    the column weights (``options["identity_weight"]``, default 0.8, keeps part of the
+    plain error): the codec's precision goes where the head's errors cost the most.
 
     Returns
     -------
@@ -80,6 +91,12 @@ def evaluate(
         weight = token_counts(tokenizer, counts_texts, n_rows=n_rows)
         if weight.sum() == 0:
             raise ValueError("the counts text holds no tokens.")
+    if calibration_texts is not None and target != "input":
+        moment = head_moment(
+            model, tokenizer, calibration_texts, max_tokens=calibration_tokens
+        )
+        options["column_weight"] = np.diag(moment).copy()
+        log(f"head moment from {calibration_tokens} calibration tokens")
     measure, baseline = _meter(
         model, tokenizer, eval_texts, max_tokens, n_sentences, progress
     )

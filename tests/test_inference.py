@@ -261,6 +261,38 @@ def test_weighted_fields_add_up_to_every_code(bits, n_features):
     torch.testing.assert_close(rebuilt, codes.double(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("inference", [True, False])
+def test_integer_kernel_shares_rows_among_threads(monkeypatch, inference):
+    # Rows split among torch's threads (here 3 parts of 2 chunks of 64 rows and a
+    # ragged last one) give the same logits and gradients as one thread.
+    table = TABLES["int3-g32"](400)
+    hidden = torch.randn(1, N_FEATURES)
+    serial = table.linear(hidden)
+    monkeypatch.setattr(_scalar_linear, "CHUNK_ROWS", 64)
+    calls = []
+    in_threads = _scalar_linear.in_threads
+    monkeypatch.setattr(
+        _scalar_linear,
+        "in_threads",
+        lambda function, ranges: calls.append(ranges) or in_threads(function, ranges),
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        if inference:
+            with torch.inference_mode():
+                shared = table.linear(hidden)
+        else:
+            reference = hidden.clone().requires_grad_(True)
+            shared = table.linear(reference)
+            shared.sum().backward()
+            torch.testing.assert_close(reference.grad, table.decode().sum(0)[None])
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [[(0, 192), (192, 384), (384, 400)]]
+    _assert_logits_close(shared, serial, rtol=1e-6)
+
+
 def test_integer_kernel_failure_falls_back(monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("no integer kernel here")

@@ -20,6 +20,7 @@ The dot products are taken one of two ways:
   fields as float32, scaled per group, times ``h`` by ``torch.mm``.
 """
 
+import functools
 import math
 import sys
 
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _table
-from ._table import row_tiles
+from ._table import in_threads, row_tiles
 
 DIGITS = 4
 # The integer path pays one int32 column per group, row of h and digit, and an epilogue
@@ -219,20 +220,18 @@ def _digits(h, layout):
     return coef, combine
 
 
-def _linear_int(table, h, layout):
-    t = h.shape[0]
-    G, V = layout.n_groups, table.num_embeddings
-    coef, combine = _digits(h, layout)
-    hsum = group_sums(h, G, table.group_size)
+def _int_rows(table, layout, coef, combine, hsum, out, start, stop):
+    """Logits of rows ``[start, stop)`` into ``out[:, start:stop]``."""
+    t, G = hsum.shape[0], layout.n_groups
     R = max(16, _table.TILE_BYTES // layout.n_fields)
     C = max(R, CHUNK_ROWS // R * R)
-    fields = torch.empty(min(R, V), layout.n_fields, dtype=torch.uint8, device=h.device)
-    acc = torch.empty(min(C, V), coef.shape[1], dtype=torch.int32, device=h.device)
-    acc_float = torch.empty(acc.shape, device=h.device)
-    partial = torch.empty(acc.shape[0], G * t, device=h.device)
-    out = h.new_empty(t, V)
-    for c0 in range(0, V, C):
-        c1 = min(c0 + C, V)
+    V = stop - start
+    fields = torch.empty(min(R, V), layout.n_fields, dtype=torch.uint8, device=out.device)
+    acc = torch.empty(min(C, V), coef.shape[1], dtype=torch.int32, device=out.device)
+    acc_float = torch.empty(acc.shape, device=out.device)
+    partial = torch.empty(acc.shape[0], G * t, device=out.device)
+    for c0 in range(start, stop, C):
+        c1 = min(c0 + C, stop)
         n = c1 - c0
         for r0 in range(c0, c1, R):
             r1 = min(r0 + R, c1)
@@ -249,6 +248,20 @@ def _linear_int(table, h, layout):
         else:
             logits = dots.view(n, G, t).mul_(scales[:, :, None]).sum(1)
         out[:, c0:c1] = logits.addmm_(offsets, hsum.T).T
+
+
+def _linear_int(table, h, layout):
+    coef, combine = _digits(h, layout)
+    hsum = group_sums(h, layout.n_groups, table.group_size)
+    V = table.num_embeddings
+    out = h.new_empty(h.shape[0], V)
+    # Its many small ops run on one core each: the rows are shared among torch's threads.
+    n_parts = min(torch.get_num_threads(), V // CHUNK_ROWS) if h.device.type == "cpu" else 1
+    step = math.ceil(V / max(n_parts, 1) / CHUNK_ROWS) * CHUNK_ROWS
+    ranges = [(start, min(start + step, V)) for start in range(0, V, step)]
+    in_threads(
+        functools.partial(_int_rows, table, layout, coef, combine, hsum, out), ranges
+    )
     return out
 
 

@@ -11,6 +11,7 @@ class overrides :meth:`CompressedTable._linear` with its own exact shortcut.
 """
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +93,34 @@ def row_tiles(n_rows, n_features, itemsize=4):
     ``itemsize`` bytes, about :data:`TILE_BYTES` a range."""
     step = max(16, TILE_BYTES // (itemsize * max(n_features, 1)))
     return [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+
+
+_POOL = None
+
+
+def in_threads(function, ranges):
+    """``function(start, stop)`` for every range: the first in this thread, the others
+    in pool threads at once (torch ops release the GIL), in this thread's grad and
+    inference modes."""
+    global _POOL
+    if len(ranges) <= 1:
+        for start, stop in ranges:
+            function(start, stop)
+        return
+    if _POOL is None or _POOL._max_workers < len(ranges) - 1:
+        _POOL = ThreadPoolExecutor(max_workers=len(ranges) - 1)
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def task(start, stop):
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            function(start, stop)
+
+    futures = [_POOL.submit(task, *r) for r in ranges[1:]]
+    try:
+        function(*ranges[0])
+    finally:
+        for future in futures:
+            future.result()
 
 
 def _tensors(value):

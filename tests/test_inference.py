@@ -287,6 +287,7 @@ def test_integer_kernel_shares_rows_among_threads(monkeypatch, inference):
             shared = table.linear(reference)
             shared.sum().backward()
             torch.testing.assert_close(reference.grad, table.decode().sum(0)[None])
+        assert torch.get_num_threads() == 3  # restored after each part ran on one
     finally:
         torch.set_num_threads(threads)
     assert calls == [[(0, 192), (192, 384), (384, 400)]]

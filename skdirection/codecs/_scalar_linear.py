@@ -255,13 +255,21 @@ def _linear_int(table, h, layout):
     hsum = group_sums(h, layout.n_groups, table.group_size)
     V = table.num_embeddings
     out = h.new_empty(h.shape[0], V)
-    # Its many small ops run on one core each: the rows are shared among torch's threads.
-    n_parts = min(torch.get_num_threads(), V // CHUNK_ROWS) if h.device.type == "cpu" else 1
-    step = math.ceil(V / max(n_parts, 1) / CHUNK_ROWS) * CHUNK_ROWS
+    # Its ops are too small for torch's threads to pay (two threads are slower than one):
+    # instead the rows are shared among as many parts, each run on one thread.
+    threads = torch.get_num_threads()
+    n_parts = max(1, min(threads, V // CHUNK_ROWS))
+    step = math.ceil(V / n_parts / CHUNK_ROWS) * CHUNK_ROWS
     ranges = [(start, min(start + step, V)) for start in range(0, V, step)]
-    in_threads(
-        functools.partial(_int_rows, table, layout, coef, combine, hsum, out), ranges
-    )
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        in_threads(
+            functools.partial(_int_rows, table, layout, coef, combine, hsum, out), ranges
+        )
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
     return out
 
 

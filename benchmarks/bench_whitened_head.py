@@ -73,6 +73,7 @@ def main():
     parser.add_argument("--sides", action="store_true", help="also input / output alone")
     parser.add_argument("--no-plain", action="store_true", help="skip the baseline")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="the mix's random_state")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {machine_description()}", flush=True)
@@ -174,7 +175,7 @@ def main():
         for variant in variants:
             run(
                 "mixed",
-                lambda r: FrequencyMixedCompressor(r, random_state=0),
+                lambda r: FrequencyMixedCompressor(r, random_state=args.seed),
                 variant,
                 ratio,
             )

@@ -107,3 +107,23 @@ def test_n_components_above_n_samples_rejected():
     X = np.random.RandomState(0).normal(size=(3, 10))
     with pytest.raises(ValueError, match="n_samples=3"):
         TruncatedSVDCompressor(5, device="cpu").fit(X)
+
+
+@pytest.mark.parametrize("algorithm", ["randomized", "exact", "covariance_eigh"])
+def test_tiny_weights_keep_their_rows(algorithm):
+    # Found by Hypothesis: a subnormal weight (5e-324) once vanished when the rows were
+    # scaled by its square root in float32, leaving a basis that missed the row.
+    X = np.array([[1.0, 1.0]], dtype=np.float32)
+    svd = TruncatedSVDCompressor(1, algorithm=algorithm, device="cpu", random_state=0)
+    svd.fit(X, sample_weight=np.array([5e-324]))
+    np.testing.assert_allclose(svd.inverse_transform(svd.transform(X)), X, atol=1e-5)
+    # Scaling every weight alike changes the singular values by its square root only.
+    rng = np.random.RandomState(0)
+    Y = rng.normal(size=(30, 5)).astype(np.float32)
+    w = rng.uniform(0.5, 2.0, size=30)
+    a = TruncatedSVDCompressor(3, algorithm=algorithm, device="cpu", random_state=0)
+    b = TruncatedSVDCompressor(3, algorithm=algorithm, device="cpu", random_state=0)
+    a.fit(Y, sample_weight=w)
+    b.fit(Y, sample_weight=w * 1e-40)
+    np.testing.assert_allclose(np.abs(b.components_), np.abs(a.components_), atol=1e-4)
+    np.testing.assert_allclose(b.singular_values_ * 1e20, a.singular_values_, rtol=1e-4)

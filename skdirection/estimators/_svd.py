@@ -1,5 +1,6 @@
 """Truncated SVD as a compressor: the paper's baseline, with weights and a GPU path."""
 
+import math
 from numbers import Integral
 
 import numpy as np
@@ -209,7 +210,11 @@ class TruncatedSVDCompressor(BaseCompressor):
         if self.center:
             total, sums, _ = weighted_sums(source, weight, device, with_gram=False)
             mean = sums / total
-        rows = _scaled_rows(X, weight, mean, device, dtype)
+        # The basis does not depend on the weights' scale: relative to the largest, tiny
+        # (even subnormal) weights keep their rows in the rows' dtype.
+        largest = 1.0 if weight is None else float(weight.max())
+        relative = None if weight is None else weight / largest
+        rows = _scaled_rows(X, relative, mean, device, dtype)
         if algorithm == "exact":
             _, singular_values, vt = torch.linalg.svd(rows, full_matrices=False)
             singular_values, components = singular_values[:k], vt[:k]
@@ -218,6 +223,7 @@ class TruncatedSVDCompressor(BaseCompressor):
             singular_values, components = randomized_range_svd(
                 rows, k, self.n_oversamples, self.n_iter, generator
             )
+        singular_values = singular_values * math.sqrt(largest)
         del rows
         for name in ("_total", "_sums", "_gram"):
             self.__dict__.pop(name, None)

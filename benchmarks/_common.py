@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from skdirection import report
 from skdirection.report import machine_description, write_csv  # noqa: F401 - re-exported
@@ -35,6 +36,44 @@ def cached_table(path, make_table, label):
     path.parent.mkdir(parents=True, exist_ok=True)
     save_table(table, path)
     return table
+
+
+class PeakMemory:
+    """Peak memory a block adds: resident memory (Linux's VmHWM, reset through
+    /proc/self/clear_refs) on CPU, allocated memory on CUDA; ``None`` if unknown."""
+
+    def __init__(self, device):
+        self.device = device
+        self.peak = None
+
+    @staticmethod
+    def _status(key):
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+        return None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+            return self
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")  # resets the peak resident size
+            self.start = self._status("VmRSS:")
+        except OSError:
+            self.start = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.start
+        elif self.start is not None:
+            self.peak = self._status("VmHWM:") - self.start
 
 
 def timed(function, *args, **kwargs):

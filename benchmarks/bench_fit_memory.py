@@ -22,7 +22,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, format_table, machine_description, write_csv  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    PeakMemory,
+    format_table,
+    machine_description,
+    write_csv,
+)
 
 ESTIMATORS = ["svd", "autoencoder", "scalar", "pq4", "mixed16"]
 BUFFER_MIB = 512
@@ -60,14 +66,6 @@ def load_table(spec):
     return table
 
 
-def status_bytes(key):
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {key} in /proc/self/status")
-
-
 def worker(spec, name, device, threads):
     import torch
 
@@ -77,17 +75,16 @@ def worker(spec, name, device, threads):
     # Token-count-like weights: the mix's codec choice follows them.
     weight = np.random.default_rng(1).zipf(1.3, size=len(table)).astype(np.float64)
     estimator = make_estimator(name, device)
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")  # resets VmHWM to the current resident size
-    before = status_bytes("VmRSS:")
     start = time.perf_counter()
-    if name == "mixed16":
-        estimator.fit(table, sample_weight=weight)
-    else:
-        estimator.fit(table)
+    with PeakMemory(torch.device("cpu")) as peak:  # host memory, whatever the device
+        if name == "mixed16":
+            estimator.fit(table, sample_weight=weight)
+        else:
+            estimator.fit(table)
     seconds = time.perf_counter() - start
-    added = status_bytes("VmHWM:") - before
-    print(json.dumps({"seconds": seconds, "added_MiB": added / 2**20}))
+    if peak.peak is None:
+        raise SystemExit("peak memory is measured on Linux only (/proc/self)")
+    print(json.dumps({"seconds": seconds, "added_MiB": peak.peak / 2**20}))
 
 
 def main():

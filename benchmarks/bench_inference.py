@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     CACHE,
     RESULTS,
+    PeakMemory,
     cached_table,
     format_table,
     load_average,
@@ -94,44 +95,6 @@ def fitted_table(name, weight, tokenizer, mixed_ratio):
         return CODECS[name]().fit(weight).compress(weight)
 
     return cached_table(path, make_table, name)
-
-
-class PeakMemory:
-    """Peak memory a block adds: resident memory (Linux's VmHWM, reset through
-    /proc/self/clear_refs) on CPU, allocated memory on CUDA; ``None`` if unknown."""
-
-    def __init__(self, device):
-        self.device = device
-        self.peak = None
-
-    @staticmethod
-    def _status(key):
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-        return None
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-            return self
-        try:
-            with open("/proc/self/clear_refs", "w") as handle:
-                handle.write("5")  # resets the peak resident size
-            self.start = self._status("VmRSS:")
-        except OSError:
-            self.start = None
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.start
-        elif self.start is not None:
-            self.peak = self._status("VmHWM:") - self.start
 
 
 def main():

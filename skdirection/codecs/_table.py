@@ -95,20 +95,22 @@ def row_tiles(n_rows, n_features, itemsize=4):
     return [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
 
 
-_POOL = None
+_POOL, _POOL_SIZE = None, 0
 
 
 def in_threads(function, ranges):
     """``function(start, stop)`` for every range: the first in this thread, the others
     in pool threads at once (torch ops release the GIL), in this thread's grad and
     inference modes."""
-    global _POOL
+    global _POOL, _POOL_SIZE
     if len(ranges) <= 1:
         for start, stop in ranges:
             function(start, stop)
         return
-    if _POOL is None or _POOL._max_workers < len(ranges) - 1:
-        _POOL = ThreadPoolExecutor(max_workers=len(ranges) - 1)
+    if _POOL_SIZE < len(ranges) - 1:
+        if _POOL is not None:
+            _POOL.shutdown(wait=False)
+        _POOL, _POOL_SIZE = ThreadPoolExecutor(max_workers=len(ranges) - 1), len(ranges) - 1
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
     def task(start, stop):

@@ -332,3 +332,25 @@ def test_budget_bisection_matches_recomputing_every_row(seed):
         assign(row_costs, fixed, errors, budget),
         _plain_bisection_assign(row_costs, fixed, errors, budget),
     )
+
+
+def test_distances_measured_in_chunks_match_all_rows_at_once(embeddings, monkeypatch):
+    """A codec's row distances are measured a chunk of rows at a time (sized for the
+    cache): chunk boundaries, a ragged last chunk and one row a chunk change no
+    distance."""
+    from skdirection.estimators._mixed import _candidates
+
+    rows = torch.from_numpy(embeddings)
+    mix = FrequencyMixedCompressor(4, block_sizes=(4,), ranks=(6,))
+    generator = torch.Generator().manual_seed(0)
+    weight = np.ones(len(rows))
+    for family in (_candidates.ScalarFamily(), _candidates.ProductFamily()):
+        codecs = family.codecs(mix, *rows.shape)
+        family.fit(codecs, rows, weight, generator)
+        whole = _candidates.measure(codecs[-1], family, rows, "bytes", len(rows)).distance
+        n_features = rows.shape[1]
+        for values in (n_features, 7 * n_features, 10 * n_features + 1):
+            monkeypatch.setattr(_candidates, "_CPU_MEASURE_VALUES", values)
+            part = _candidates.measure(codecs[-1], family, rows, "bytes", len(rows))
+            np.testing.assert_array_equal(part.distance, whole)
+        monkeypatch.undo()

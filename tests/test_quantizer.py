@@ -151,3 +151,18 @@ def test_clip_search_keeps_each_groups_best_ratio(X, group_size):
     # x ** 8 by three squarings may round a near tie the other way, rarely.
     assert (codes != best_codes.reshape(n, -1)[:, :d]).float().mean() < 1e-3
     assert (scales != best_scales).float().mean() < 1e-2
+
+
+def test_rows_quantized_in_chunks_match_all_at_once(monkeypatch):
+    """The clipping search runs a chunk of rows at a time (sized for the cache): a chunk
+    boundary, a ragged last chunk and one row a chunk give the codes, scales and
+    offsets of every row quantized at once."""
+    import skdirection.codecs.scalar as scalar
+
+    X = torch.from_numpy(np.random.RandomState(0).standard_t(3, size=(53, 40)))
+    X = X.float()
+    whole = scalar.quantize(X, 3, 16)
+    for values in (40, 7 * 40, 10 * 40 + 1):
+        monkeypatch.setattr(scalar, "_CPU_QUANTIZE_VALUES", values)
+        for part, expected in zip(scalar.quantize(X, 3, 16), whole, strict=True):
+            assert torch.equal(part, expected)

@@ -24,9 +24,12 @@ CLIP_RATIOS = tuple(1.0 - 0.05 * i for i in range(11))
 # for int4 per row and x1.267, x1.170, x1.162 for int2 in groups of 32.
 CLIP_ERROR_POWER = 8
 FLOAT16_MAX = 65504.0
-# Rows quantized at once: the clipping search works on one float copy of them, which
-# then stays in cache.
-_QUANTIZE_CHUNK = 2048
+# Values quantized at once: the clipping search works on two float copies of them,
+# which on the CPU then stay in a core's L2 cache (each pass over 227 rows of 576 values
+# is about 3x faster a value than over the 4.7 MB of 2048 such rows); on a GPU, larger
+# chunks launch fewer kernels.
+_CPU_QUANTIZE_VALUES = 1 << 17
+_DEVICE_QUANTIZE_VALUES = 1 << 24
 
 
 def n_groups(n_features, group_size):
@@ -70,11 +73,11 @@ def quantize(X, bits, group_size, scale_dtype=torch.float16, clip_search=True):
     codes : uint8 tensor of shape (n, n_features)
     scales, offsets : tensors of dtype ``scale_dtype``, shape (n, n_groups)
     """
+    values = _CPU_QUANTIZE_VALUES if X.device.type == "cpu" else _DEVICE_QUANTIZE_VALUES
+    chunk = max(1, values // max(1, X.shape[1]))
     pieces = [
-        _quantize_rows(
-            X[start : start + _QUANTIZE_CHUNK], bits, group_size, scale_dtype, clip_search
-        )
-        for start in range(0, X.shape[0], _QUANTIZE_CHUNK)
+        _quantize_rows(X[start : start + chunk], bits, group_size, scale_dtype, clip_search)
+        for start in range(0, X.shape[0], chunk)
     ]
     if not pieces:
         return _quantize_rows(X, bits, group_size, scale_dtype, clip_search)

@@ -65,10 +65,14 @@ class FrequencyMixedCompressor(TableCompressor):
         a one-byte code counts as one parameter, and codebooks and norms are float32.
     ranks : tuple of int, default=(16, 32, 64, 128)
         Ranks of the low-rank candidates; those not below ``n_features`` are skipped.
-    n_refits : int, default=1
+    n_refits : int, default=2
         Most times the low-rank basis and the codebooks are refitted on the rows
         assigned to them (each refit followed by a new assignment); the refits stop
-        once an assignment no longer changes.
+        once an assignment no longer changes. On SmolLM2-135M at 16x fewer bytes (token
+        counts from news and Wikipedia, perplexity on Hamlet, seeds 0 to 2), two
+        refits gave x1.080 (input) and x1.58 (tied input and head) where one gave
+        x1.094 and x1.85, for about 12% more fitting time; at 8x they changed nothing
+        beyond the seeds' spread.
     weight_power : float, default=0.5
         ``sample_weight`` is raised to this power before the assignment. Token counts
         from one corpus overstate how much another text relies on its most frequent
@@ -181,7 +185,7 @@ class FrequencyMixedCompressor(TableCompressor):
         group_sizes=(None, 32),
         block_sizes=(2, 4, 8, 16),
         ranks=(16, 32, 64, 128),
-        n_refits=1,
+        n_refits=2,
         weight_power=0.5,
         weight_floor=0.5,
         device="auto",

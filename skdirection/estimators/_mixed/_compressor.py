@@ -71,7 +71,7 @@ class FrequencyMixedCompressor(TableCompressor):
         once an assignment no longer changes. On SmolLM2-135M at 16x fewer bytes (token
         counts from news and Wikipedia, perplexity on Hamlet, seeds 0 to 2), two
         refits gave x1.080 (input) and x1.58 (tied input and head) where one gave
-        x1.094 and x1.85, for about 12% more fitting time; at 8x they changed nothing
+        x1.094 and x1.85, for 10% to 30% more fitting time; at 8x they changed nothing
         beyond the seeds' spread.
     weight_power : float, default=0.5
         ``sample_weight`` is raised to this power before the assignment. Token counts

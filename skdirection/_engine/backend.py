@@ -104,6 +104,14 @@ def chunk_rows_for(n_features):
     return max(1, CHUNK_BYTES // (4 * max(1, n_features)))
 
 
+def rows_per_chunk(row_values, device, cpu_values, device_values):
+    """Rows of ``row_values`` values each in a working chunk of about ``cpu_values``
+    values on the CPU (sized for its cache) or ``device_values`` on another device
+    (sized to launch few kernels); at least one."""
+    values = cpu_values if torch.device(device).type == "cpu" else device_values
+    return max(1, values // max(1, row_values))
+
+
 def file_backing(X):
     """``(filename, offset)`` of a C-ordered 2-D ``numpy.memmap`` (a whole file, or a
     contiguous row slice of one), else ``None``."""

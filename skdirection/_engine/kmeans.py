@@ -22,6 +22,8 @@ from contextlib import contextmanager
 
 import torch
 
+from .backend import rows_per_chunk
+
 # float32 distances computed at once by one CPU thread: 1 MiB stays in a core's L2 cache.
 _CPU_CHUNK_ENTRIES = 1 << 18
 _DEVICE_CHUNK_ENTRIES = 1 << 26
@@ -182,8 +184,7 @@ def _nearest(rows, centroids, codes, scratch):
     each of the augmented ``rows`` ``(r, s + 2)``; returns the squared distances."""
     r, k = rows.shape[0], centroids.shape[1]
     device = rows.device
-    entries = _CPU_CHUNK_ENTRIES if device.type == "cpu" else _DEVICE_CHUNK_ENTRIES
-    chunk = max(1, entries // k)
+    chunk = rows_per_chunk(k, device, _CPU_CHUNK_ENTRIES, _DEVICE_CHUNK_ENTRIES)
     bits = max(1, (k - 1).bit_length())
     if bits > _MAX_INDEX_BITS:
         distances = scratch.get("distances", (r,), device)

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from .._engine.backend import rows_per_chunk
 from ._codec import Codec
 from ._scalar_linear import quantized_linear
 from ._table import CompressedTable, StoredSize, dtype_name, frozen, register_table
@@ -73,8 +74,9 @@ def quantize(X, bits, group_size, scale_dtype=torch.float16, clip_search=True):
     codes : uint8 tensor of shape (n, n_features)
     scales, offsets : tensors of dtype ``scale_dtype``, shape (n, n_groups)
     """
-    values = _CPU_QUANTIZE_VALUES if X.device.type == "cpu" else _DEVICE_QUANTIZE_VALUES
-    chunk = max(1, values // max(1, X.shape[1]))
+    chunk = rows_per_chunk(
+        X.shape[1], X.device, _CPU_QUANTIZE_VALUES, _DEVICE_QUANTIZE_VALUES
+    )
     pieces = [
         _quantize_rows(X[start : start + chunk], bits, group_size, scale_dtype, clip_search)
         for start in range(0, X.shape[0], chunk)

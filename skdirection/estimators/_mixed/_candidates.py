@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..._engine.backend import rows_per_chunk
 from ..._engine.numerics import row_cosine, unit_rows
 from ...codecs import (
     DenseCodec,
@@ -234,12 +235,13 @@ def measure(codec, family, rows, unit, n_rows):
     if codec.lossless:
         distance = np.zeros(rows.shape[0])
     else:
-        cpu = rows.device.type == "cpu"
-        values = _CPU_MEASURE_VALUES if cpu else _DEVICE_MEASURE_VALUES
+        chunk = rows_per_chunk(
+            n_features, rows.device, _CPU_MEASURE_VALUES, _DEVICE_MEASURE_VALUES
+        )
         distance = np.concatenate(
             [
                 (1 - row_cosine(part, codec.reconstruct(part))).double().cpu().numpy()
-                for part in rows.split(max(1, values // max(1, n_features)))
+                for part in rows.split(chunk)
             ]
         )
     return Candidate(

@@ -294,6 +294,35 @@ def test_integer_kernel_shares_rows_among_threads(monkeypatch, inference):
     _assert_logits_close(shared, serial, rtol=1e-6)
 
 
+@pytest.mark.parametrize("block_size", [2, 3])
+def test_product_codes_gathered_by_threads_match_the_decoded_table(monkeypatch, block_size):
+    # One hidden state: rows shared among 3 threads in tiles of 16 rows, the last tile
+    # and the last part ragged; the same logits as the decoded table. With a gradient
+    # to track, the look-up tables are summed by embedding_bag instead, same values.
+    from skdirection.codecs import product
+
+    generator = torch.Generator().manual_seed(0)
+    n_blocks = -(-64 // block_size)
+    codebooks = torch.randn(n_blocks, 256, block_size, generator=generator)
+    codes = torch.randint(0, 256, (203, n_blocks), generator=generator, dtype=torch.uint8)
+    table = product.ProductQuantizedTable(codes, codebooks, 64)
+    hidden = torch.randn(1, 64, generator=generator)
+    expected = F.linear(hidden, table.decode())
+    monkeypatch.setattr(product, "_GATHER_ROWS", 16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        _assert_logits_close(table.linear(hidden), expected, rtol=1e-6)
+        assert torch.get_num_threads() == 3
+        tracked = hidden.clone().requires_grad_(True)
+        logits = table.linear(tracked)
+        logits.sum().backward()
+    finally:
+        torch.set_num_threads(threads)
+    _assert_logits_close(logits.detach(), expected, rtol=1e-6)
+    torch.testing.assert_close(tracked.grad, table.decode().sum(0)[None])
+
+
 def test_integer_kernel_failure_falls_back(monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("no integer kernel here")

@@ -270,9 +270,9 @@ def test_integer_kernel_shares_rows_among_threads(monkeypatch, inference):
     serial = table.linear(hidden)
     monkeypatch.setattr(_scalar_linear, "CHUNK_ROWS", 64)
     calls = []
-    in_threads = _scalar_linear.in_threads
+    in_threads = _table.in_threads
     monkeypatch.setattr(
-        _scalar_linear,
+        _table,
         "in_threads",
         lambda function, ranges: calls.append(ranges) or in_threads(function, ranges),
     )
@@ -321,6 +321,19 @@ def test_product_codes_gathered_by_threads_match_the_decoded_table(monkeypatch, 
         torch.set_num_threads(threads)
     _assert_logits_close(logits.detach(), expected, rtol=1e-6)
     torch.testing.assert_close(tracked.grad, table.decode().sum(0)[None])
+
+
+@pytest.mark.parametrize(
+    "empty",
+    [
+        lambda: QuantizedTable.empty(0, N_FEATURES, 3, 32),
+        lambda: ProductQuantizedTable.empty(0, N_FEATURES, 2, 256),
+    ],
+    ids=["int3-g32", "pq2"],
+)
+def test_a_table_without_rows_gives_no_logits(empty):
+    # The kernels that share rows among threads get no rows to share.
+    assert empty().linear(torch.ones(1, N_FEATURES)).shape == (1, 0)
 
 
 def test_integer_kernel_failure_falls_back(monkeypatch):

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _table
-from ._table import in_threads, row_tiles
+from ._table import row_tiles, rows_in_threads
 
 DIGITS = 4
 # The integer path pays one int32 column per group, row of h and digit, and an epilogue
@@ -257,19 +257,11 @@ def _linear_int(table, h, layout):
     out = h.new_empty(h.shape[0], V)
     # Its ops are too small for torch's threads to pay (two threads are slower than one):
     # instead the rows are shared among as many parts, each run on one thread.
-    threads = torch.get_num_threads()
-    n_parts = max(1, min(threads, V // CHUNK_ROWS))
-    step = math.ceil(V / n_parts / CHUNK_ROWS) * CHUNK_ROWS
-    ranges = [(start, min(start + step, V)) for start in range(0, V, step)]
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        in_threads(
-            functools.partial(_int_rows, table, layout, coef, combine, hsum, out), ranges
-        )
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
+    rows_in_threads(
+        functools.partial(_int_rows, table, layout, coef, combine, hsum, out),
+        V,
+        CHUNK_ROWS,
+    )
     return out
 
 

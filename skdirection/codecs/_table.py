@@ -11,6 +11,7 @@ class overrides :meth:`CompressedTable._linear` with its own exact shortcut.
 """
 
 import json
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -123,6 +124,24 @@ def in_threads(function, ranges):
     finally:
         for future in futures:
             future.result()
+
+
+def rows_in_threads(function, n_rows, granule):
+    """``function(start, stop)`` over ``n_rows`` rows cut into as many parts as torch
+    has threads (each a multiple of ``granule`` rows, none empty), each part run on one
+    thread by :func:`in_threads`; torch's thread count is restored afterwards. For
+    kernels of many small operations, which torch's own threads would slow down."""
+    threads = torch.get_num_threads()
+    n_parts = max(1, min(threads, n_rows // granule))
+    step = max(1, math.ceil(n_rows / n_parts / granule)) * granule
+    ranges = [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        in_threads(function, ranges)
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
 
 
 def _tensors(value):

@@ -18,9 +18,9 @@ from ._table import (
     StoredSize,
     dtype_name,
     frozen,
-    in_threads,
     register_table,
     row_tiles,
+    rows_in_threads,
 )
 
 MAX_CENTROIDS = 256  # one uint8 code a block
@@ -131,9 +131,6 @@ class ProductQuantizedTable(CompressedTable):
         pays per lookup what a gather pays per tile)."""
         V, m = self.codes.shape
         out = lut.new_empty(V)
-        threads = torch.get_num_threads()
-        n_parts = max(1, min(threads, V // _GATHER_ROWS))
-        step = math.ceil(V / n_parts / _GATHER_ROWS) * _GATHER_ROWS
 
         def rows(start, stop):
             index = torch.empty(min(_GATHER_ROWS, stop - start), m, dtype=torch.int32)
@@ -145,13 +142,7 @@ class ProductQuantizedTable(CompressedTable):
                 values = torch.index_select(lut, 0, flat, out=gathered[: n * m])
                 torch.sum(values.view(n, m), 1, out=out[first:last])
 
-        if threads > 1:
-            torch.set_num_threads(1)
-        try:
-            in_threads(rows, [(a, min(a + step, V)) for a in range(0, V, step)])
-        finally:
-            if threads > 1:
-                torch.set_num_threads(threads)
+        rows_in_threads(rows, V, _GATHER_ROWS)
         return out
 
     @property

@@ -262,23 +262,30 @@ def test_weighted_fields_add_up_to_every_code(bits, n_features):
 
 
 @pytest.mark.parametrize("inference", [True, False])
-def test_integer_kernel_shares_rows_among_threads(monkeypatch, inference):
-    # Rows split among torch's threads (here 3 parts of 2 chunks of 64 rows and a
-    # ragged last one) give the same logits and gradients as one thread.
-    table = TABLES["int3-g32"](400)
+def test_integer_kernel_tiles_grow_with_torch_threads(monkeypatch, inference):
+    # One thread cuts the fields into tiles of 20 rows, three to a chunk (at most 64
+    # rows); three threads, which share each op, into tiles THREADED_TILE_FACTOR times
+    # larger, one a chunk. The last tile is ragged. The logits and gradients are those
+    # of one thread.
+    table = TABLES["int3-g32"](403)
     hidden = torch.randn(1, N_FEATURES)
-    serial = table.linear(hidden)
+    n_fields = table._derived(
+        "fields",
+        lambda: _scalar_linear.FieldLayout(N_FEATURES, 3, 32, table.packed.device),
+    ).n_fields
+    monkeypatch.setattr(_table, "TILE_BYTES", 20 * n_fields)
     monkeypatch.setattr(_scalar_linear, "CHUNK_ROWS", 64)
-    calls = []
-    in_threads = _table.in_threads
+    tiles = []
+    int_mm = torch._int_mm
     monkeypatch.setattr(
-        _table,
-        "in_threads",
-        lambda function, ranges: calls.append(ranges) or in_threads(function, ranges),
+        torch, "_int_mm", lambda a, b, **kw: tiles.append(len(a)) or int_mm(a, b, **kw)
     )
     threads = torch.get_num_threads()
-    torch.set_num_threads(3)
     try:
+        torch.set_num_threads(1)
+        serial = table.linear(hidden)
+        serial_tiles, tiles[:] = list(tiles), []
+        torch.set_num_threads(3)
         if inference:
             with torch.inference_mode():
                 shared = table.linear(hidden)
@@ -287,11 +294,28 @@ def test_integer_kernel_shares_rows_among_threads(monkeypatch, inference):
             shared = table.linear(reference)
             shared.sum().backward()
             torch.testing.assert_close(reference.grad, table.decode().sum(0)[None])
-        assert torch.get_num_threads() == 3  # restored after each part ran on one
     finally:
         torch.set_num_threads(threads)
-    assert calls == [[(0, 192), (192, 384), (384, 400)]]
+    assert serial_tiles == [20] * 20 + [3]
+    large = 20 * _scalar_linear.THREADED_TILE_FACTOR
+    assert tiles == [large] * (403 // large) + [403 % large]
     _assert_logits_close(shared, serial, rtol=1e-6)
+
+
+def test_pool_threads_run_torch_on_one_thread():
+    # A pool thread whose ops opened an OpenMP team of its own would slow every other
+    # thread's torch ops for good.
+    seen = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _table.in_threads(
+            lambda start, stop: seen.append((start, torch.get_num_threads())),
+            [(0, 1), (1, 2), (2, 3)],
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(seen) == [(0, 2), (1, 1), (2, 1)]
 
 
 @pytest.mark.parametrize("block_size", [2, 3])
@@ -308,11 +332,19 @@ def test_product_codes_gathered_by_threads_match_the_decoded_table(monkeypatch, 
     table = product.ProductQuantizedTable(codes, codebooks, 64)
     hidden = torch.randn(1, 64, generator=generator)
     expected = F.linear(hidden, table.decode())
-    monkeypatch.setattr(product, "_GATHER_ROWS", 16)
+    monkeypatch.setattr(product, "_THREADED_GATHER_ROWS", 16)
+    parts = []
+    rows_in_threads = product.rows_in_threads
+    monkeypatch.setattr(
+        product,
+        "rows_in_threads",
+        lambda f, n, tile: parts.append(tile) or rows_in_threads(f, n, tile),
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
         _assert_logits_close(table.linear(hidden), expected, rtol=1e-6)
+        assert parts == [16]
         assert torch.get_num_threads() == 3
         tracked = hidden.clone().requires_grad_(True)
         logits = table.linear(tracked)

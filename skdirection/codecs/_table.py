@@ -101,8 +101,8 @@ _POOL, _POOL_SIZE = None, 0
 
 def in_threads(function, ranges):
     """``function(start, stop)`` for every range: the first in this thread, the others
-    in pool threads at once (torch ops release the GIL), in this thread's grad and
-    inference modes."""
+    in pool threads at once (torch ops release the GIL) that run torch on one thread
+    each, in this thread's grad and inference modes."""
     global _POOL, _POOL_SIZE
     if len(ranges) <= 1:
         for start, stop in ranges:
@@ -111,7 +111,15 @@ def in_threads(function, ranges):
     if _POOL_SIZE < len(ranges) - 1:
         if _POOL is not None:
             _POOL.shutdown(wait=False)
-        _POOL, _POOL_SIZE = ThreadPoolExecutor(max_workers=len(ranges) - 1), len(ranges) - 1
+        # One torch thread each: a thread whose ops open an OpenMP team of their own
+        # leaves the process's other threads slower for good (SmolLM2's generation on
+        # two cores: 33 ms a token before one matmul ran on a pool thread, 56 after).
+        _POOL = ThreadPoolExecutor(
+            max_workers=len(ranges) - 1,
+            initializer=torch.set_num_threads,
+            initargs=(1,),
+        )
+        _POOL_SIZE = len(ranges) - 1
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
     def task(start, stop):

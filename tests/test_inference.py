@@ -114,6 +114,12 @@ TABLES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def integer_kernel_on_small_tables(monkeypatch):
+    """The integer kernel for tables of any size, so that these small ones test it."""
+    monkeypatch.setattr(_scalar_linear, "INT_MIN_ROWS", 0)
+
+
 @functools.cache
 def _table_and_weight(name, n=400):
     """A table of each kind, made once, and its decoded matrix."""
@@ -310,19 +316,25 @@ def test_pool_threads_run_torch_on_one_thread():
     torch.set_num_threads(2)
     try:
         _table.in_threads(
-            lambda start, stop: seen.append((start, torch.get_num_threads())),
-            [(0, 1), (1, 2), (2, 3)],
+            [
+                functools.partial(lambda i: seen.append((i, torch.get_num_threads())), i)
+                for i in range(3)
+            ]
         )
     finally:
         torch.set_num_threads(threads)
     assert sorted(seen) == [(0, 2), (1, 1), (2, 1)]
 
 
+@pytest.mark.parametrize("threaded_min_rows", [0, 204])
 @pytest.mark.parametrize("block_size", [2, 3])
-def test_product_codes_gathered_by_threads_match_the_decoded_table(monkeypatch, block_size):
-    # One hidden state: rows shared among 3 threads in tiles of 16 rows, the last tile
-    # and the last part ragged; the same logits as the decoded table. With a gradient
-    # to track, the look-up tables are summed by embedding_bag instead, same values.
+def test_product_codes_gathered_by_threads_match_the_decoded_table(
+    monkeypatch, block_size, threaded_min_rows
+):
+    # One hidden state: tiles of 16 rows shared among 3 threads, the last tile ragged,
+    # or for a table below _THREADED_MIN_ROWS rows, tiles of _GATHER_ROWS on this
+    # thread; the same logits as the decoded table. With a gradient to track, the
+    # look-up tables are summed by embedding_bag instead, same values.
     from skdirection.codecs import product
 
     generator = torch.Generator().manual_seed(0)
@@ -333,6 +345,8 @@ def test_product_codes_gathered_by_threads_match_the_decoded_table(monkeypatch, 
     hidden = torch.randn(1, 64, generator=generator)
     expected = F.linear(hidden, table.decode())
     monkeypatch.setattr(product, "_THREADED_GATHER_ROWS", 16)
+    monkeypatch.setattr(product, "_GATHER_ROWS", 50)
+    monkeypatch.setattr(product, "_THREADED_MIN_ROWS", threaded_min_rows)
     parts = []
     rows_in_threads = product.rows_in_threads
     monkeypatch.setattr(
@@ -344,7 +358,7 @@ def test_product_codes_gathered_by_threads_match_the_decoded_table(monkeypatch, 
     torch.set_num_threads(3)
     try:
         _assert_logits_close(table.linear(hidden), expected, rtol=1e-6)
-        assert parts == [16]
+        assert parts == ([16] if threaded_min_rows <= 203 else [])
         assert torch.get_num_threads() == 3
         tracked = hidden.clone().requires_grad_(True)
         logits = table.linear(tracked)
@@ -366,6 +380,20 @@ def test_product_codes_gathered_by_threads_match_the_decoded_table(monkeypatch, 
 def test_a_table_without_rows_gives_no_logits(empty):
     # The kernels that share rows among threads get no rows to share.
     assert empty().linear(torch.ones(1, N_FEATURES)).shape == (1, 0)
+
+
+@pytest.mark.parametrize("n_rows", [50, 60])
+def test_integer_kernel_serves_tables_of_many_rows(monkeypatch, n_rows):
+    monkeypatch.setattr(_scalar_linear, "INT_MIN_ROWS", 60)
+    calls = []
+    int_mm = torch._int_mm
+    monkeypatch.setattr(
+        torch, "_int_mm", lambda a, b, **kw: calls.append(1) or int_mm(a, b, **kw)
+    )
+    table = TABLES["int4-g32"](n_rows)
+    hidden = torch.randn(1, N_FEATURES)
+    _assert_logits_close(table.linear(hidden), F.linear(hidden, table.decode()))
+    assert bool(calls) == (n_rows >= 60)
 
 
 def test_integer_kernel_failure_falls_back(monkeypatch):

@@ -10,7 +10,8 @@ a run of one code's bits inside one byte times a power of two that the coefficie
 
 The dot products are taken one of two ways:
 
-- integer (on CPU, for a few rows of ``h``, as in generation): the fields are int8 and
+- integer (on CPU, for a few rows of ``h``, as in generation, and tables of
+  :data:`INT_MIN_ROWS` rows or more): the fields are int8 and
   ``h`` is written as :data:`DIGITS` int8 digits a group under a power-of-two scale;
   ``torch._int_mm`` gives the exact int32 dot product of every group with every digit,
   and one small float matmul combines them. Besides float32 rounding the only error is
@@ -35,6 +36,11 @@ DIGITS = 4
 # codes) or groups times rows of h (grouped codes; t <= 2 for groups of 32 at d = 576).
 INT_MAX_COLUMNS = 512
 INT_MAX_GROUP_COLUMNS = 40
+# The integer path's fixed cost (the digits of h, the buffers: about 0.2 to 0.35 ms)
+# pays from about this many rows; fewer (as in a mix's small parts) take the float path.
+# On SmolLM2's rows at one and two threads the two paths cross between 660 (int3 in
+# groups of 32) and 4400 rows (int8 per row).
+INT_MIN_ROWS = 2048
 # Rows whose int32 partial sums are combined by one float matmul.
 CHUNK_ROWS = 8192
 # With several torch threads, each op is shared among them, and tiles this many times
@@ -307,7 +313,8 @@ def quantized_linear(table, h):
     )
     t, G = h.shape[0], layout.n_groups
     few = t * DIGITS <= INT_MAX_COLUMNS if G == 1 else G * t <= INT_MAX_GROUP_COLUMNS
-    if few and _INT_MM_WORKS.get(h.device.type, False):
+    many = table.num_embeddings >= INT_MIN_ROWS
+    if few and many and _INT_MM_WORKS.get(h.device.type, False):
         try:
             return _linear_int(table, h, layout)
         except (RuntimeError, NotImplementedError):

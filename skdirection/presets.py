@@ -18,6 +18,7 @@ import torch
 from .codecs import (
     NormScaledCodec,
     ProductCodec,
+    ProjectionCodec,
     ScalarCodec,
     StoredSize,
     largest_rank,
@@ -148,17 +149,39 @@ def scalar_config(n_features, ratio, *, min_bits=2):
     return None
 
 
-def pq_stored_size(n_rows, n_features, block_size, ratio_unit):
+def pq_stored_size(n_rows, n_features, block_size, ratio_unit, n_components=None):
     """Bytes (or parameters) of :class:`ProductQuantizer`'s table: a one-byte code a
-    block and a float16 norm a row, and the codebooks (float16 values).
+    block and a float16 norm a row, and the codebooks (float16 values); with
+    ``n_components``, blocks of that many projections and the basis in float16.
 
     Examples
     --------
     >>> pq_stored_size(49152, 576, 4, "bytes")  # 144 codes + 2 bytes a row, codebooks
     7471104
     """
-    codec = NormScaledCodec(ProductCodec(block_size, codebook_dtype=torch.float16))
-    return codec.stored_size(n_rows, n_features).in_unit(ratio_unit)
+    codec = ProductCodec(block_size, codebook_dtype=torch.float16)
+    if n_components is not None:
+        codec = ProjectionCodec(n_components, codec, torch.float16)
+    return NormScaledCodec(codec).stored_size(n_rows, n_features).in_unit(ratio_unit)
+
+
+def pq_components(n_rows, n_features, ratio, ratio_unit, block_size=4):
+    """The most components, a multiple of ``block_size`` below ``n_features``, whose
+    projected product quantization (``ProductQuantizer(block_size,
+    n_components=...)``) meets ``ratio``, or ``None``.
+
+    Examples
+    --------
+    >>> pq_components(20000, 300, 32, "bytes")  # spaCy's en_core_web_md vectors
+    116
+    """
+    original = n_rows * n_features * (4 if ratio_unit == "bytes" else 1)
+    fits = [
+        k
+        for k in range(block_size, n_features, block_size)
+        if original / pq_stored_size(n_rows, n_features, block_size, ratio_unit, k) >= ratio
+    ]
+    return max(fits, default=None)
 
 
 def pq_block_size(n_rows, n_features, ratio, ratio_unit):

@@ -26,6 +26,7 @@ ESTIMATORS = [
     FrequencyMixedCompressor(ratio=1.5, ranks=(1,)),
     ProductQuantizer(block_size=2, device="cpu", random_state=0),
     ProductQuantizer(block_size=3, keep_norms=False, device="cpu", random_state=0),
+    ProductQuantizer(block_size=1, n_components=1, device="cpu", random_state=0),
     ColumnWeightedCompressor(ScalarQuantizer(bits=4)),
 ]
 

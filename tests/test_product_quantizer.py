@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from skdirection import (
+    LinearDecodedTable,
     NormScaledTable,
     ProductQuantizedTable,
     ProductQuantizer,
@@ -11,6 +12,8 @@ from skdirection import (
     save_table,
 )
 from skdirection._engine.kmeans import nearest_centroids
+from skdirection.codecs.low_rank import balanced_order
+from skdirection.presets import pq_components, pq_stored_size
 
 
 @pytest.fixture
@@ -144,3 +147,63 @@ def test_progress_bar_only_when_verbose(X, capsys):
     assert capsys.readouterr().err == ""
     ProductQuantizer(4, max_iter=2, random_state=0, verbose=1).fit(X)
     assert "ProductQuantizer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "variances, block_size, order",
+    [
+        ([8.0, 4.0, 2.0, 1.0], 2, [0, 3, 1, 2]),  # 8 * 1 and 4 * 2
+        ([1.0, 16.0, 4.0, 2.0, 8.0], 2, [1, 0, 4, 3, 2]),  # 16 * 1, 8 * 2, then 4
+        ([3.0, 2.0, 1.0], 3, [0, 1, 2]),
+    ],
+)
+def test_balanced_order_evens_the_blocks_variance(variances, block_size, order):
+    assert balanced_order(torch.tensor(variances), block_size) == order
+
+
+@pytest.mark.parametrize("keep_norms", [True, False])
+def test_projected_codes_match_the_table_and_count_the_basis(X, tmp_path, keep_norms):
+    pq = ProductQuantizer(4, n_components=10, n_centroids=64, keep_norms=keep_norms)
+    codes = pq.fit(X).transform(X)
+    assert codes.shape == (600, 3 + keep_norms)  # 10 projections in 3 blocks
+    assert pq.components_.shape == (10, 24) and pq.codebooks_.shape == (3, 64, 4)
+    np.testing.assert_allclose(pq.components_ @ pq.components_.T, np.eye(10), atol=1e-5)
+    table = pq.compress(X)
+    inner = table.inner if keep_norms else table
+    assert isinstance(inner, LinearDecodedTable)
+    np.testing.assert_allclose(
+        pq.inverse_transform(codes), table.decode().numpy(), rtol=1e-5, atol=1e-5
+    )
+    # 3 codes (and a float16 norm) a row; the float16 basis and codebooks once.
+    assert table.n_bytes == 600 * (3 + 2 * keep_norms) + 2 * (10 * 24 + 3 * 64 * 4)
+    save_table(table, tmp_path / "pq.safetensors")
+    assert torch.equal(load_table(tmp_path / "pq.safetensors").decode(), table.decode())
+    hidden = torch.randn(2, 24)
+    expected = hidden @ table.decode().T  # through the basis first, then the codes:
+    atol = 1e-5 * expected.abs().max().item()  # the same to rounding
+    torch.testing.assert_close(table.linear(hidden), expected, rtol=1e-5, atol=atol)
+
+
+def test_projection_beats_wider_blocks_on_a_low_rank_table():
+    # 48 columns spanned by 8 directions (plus a little noise): the projections keep
+    # 8 values of 48 for the codes to cover; both store 2 codes a row.
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(2000, 8)) @ rng.normal(size=(8, 48))
+    X = (X + 0.05 * rng.normal(size=X.shape)).astype(np.float32)
+    wide = ProductQuantizer(24, random_state=0).fit(X)
+    projected = ProductQuantizer(4, n_components=8, random_state=0).fit(X)
+    assert projected.n_blocks_ == wide.n_blocks_ == 2
+    assert projected.score(X) > wide.score(X) + 0.02
+
+
+def test_pq_components_meets_the_ratio():
+    k = pq_components(20000, 300, 32, "bytes")
+    assert k % 4 == 0
+    assert 20000 * 300 * 4 / pq_stored_size(20000, 300, 4, "bytes", k) >= 32
+    assert 20000 * 300 * 4 / pq_stored_size(20000, 300, 4, "bytes", k + 4) < 32
+    assert pq_components(10, 8, 1000, "bytes") is None
+
+
+def test_projection_needs_no_more_components_than_features(X):
+    with pytest.raises(ValueError, match="n_components=25 must not exceed the 24"):
+        ProductQuantizer(4, n_components=25).fit(X)

@@ -1,6 +1,8 @@
 """Low rank: a latent code a row and a shared decoder. The tables, their size, and the
 projection codec over a weighted basis of the rows."""
 
+import math
+
 import torch
 
 from .._engine.backend import RowSource
@@ -211,16 +213,37 @@ class LinearDecodedTable(CompressedTable):
         return cls(inner, components, bias)
 
 
-def weighted_basis(rows, weight, n_components):
+def weighted_basis(rows, weight, n_components, *, return_variances=False):
     """Top right singular vectors ``(n_components, n_features)`` of the row-weighted
-    rows (not centred): the eigenvectors of ``X.T @ diag(weight) @ X``, in float32."""
+    rows (not centred): the eigenvectors of ``X.T @ diag(weight) @ X``, in float32;
+    with ``return_variances``, their eigenvalues too."""
     _, _, gram = weighted_sums(RowSource(rows), weight, rows.device, torch.float64)
-    return top_eigenvectors(gram, n_components)[1].float()
+    variances, components = top_eigenvectors(gram, n_components)
+    return (components.float(), variances) if return_variances else components.float()
+
+
+def balanced_order(variances, block_size):
+    """An order of the directions whose consecutive blocks of ``block_size`` carry
+    like products of variances (OPQ's eigenvalue allocation, Ge et al., 2014): the
+    largest remaining variance joins the unfilled block of the smallest product, so
+    the first blocks pair the largest variances with the smallest."""
+    n_blocks = -(-len(variances) // block_size)
+    log_products = [-math.inf] * n_blocks
+    blocks = [[] for _ in range(n_blocks)]
+    sizes = [block_size] * (n_blocks - 1) + [len(variances) - block_size * (n_blocks - 1)]
+    for i in torch.argsort(torch.as_tensor(variances), descending=True).tolist():
+        open_blocks = [j for j in range(n_blocks) if len(blocks[j]) < sizes[j]]
+        j = min(open_blocks, key=lambda j: log_products[j])
+        log = math.log(max(float(variances[i]), 1e-300))
+        log_products[j] = log if not blocks[j] else log_products[j] + log
+        blocks[j].append(i)
+    return [i for block in blocks for i in block]
 
 
 class ProjectionCodec(Codec):
     """Rows projected on a weighted basis of ``n_components`` directions; the latent
-    codes are stored by ``latent`` (float32 values, or 8-bit scalar codes).
+    codes are stored by ``latent`` (float32 values, 8-bit scalar codes, or product
+    quantization, which is then fitted on the projections).
 
     Parameters
     ----------
@@ -233,7 +256,11 @@ class ProjectionCodec(Codec):
     Attributes
     ----------
     components : tensor of shape (n_components, n_features)
-        Set by :meth:`fit` (float32).
+        Set by :meth:`fit` (float32). For a latent codec of blocks (``block_size``),
+        ordered so that every block carries a like share of the variance
+        (:func:`balanced_order`): the principal directions come in decreasing
+        variance, and blocks of them alone would spend as many bytes on the last as
+        on the first.
     """
 
     def __init__(self, n_components, latent, basis_dtype=torch.float32):
@@ -242,16 +269,24 @@ class ProjectionCodec(Codec):
         self.basis_dtype = basis_dtype
         self.components = None
         self.name = f"rank{n_components}"
+        block_size = getattr(latent, "block_size", None)
+        if block_size is not None:
+            self.name = f"rank{n_components}-{latent.name}"
 
-    def fit(self, rows, weight=None, generator=None):
-        self.components = weighted_basis(rows, weight, self.n_components)
+    def fit(self, rows, weight=None, generator=None, **kwargs):
+        """Learn the basis, then the latent codec on the projected rows (``kwargs`` go
+        to its ``fit``)."""
+        block_size = getattr(self.latent, "block_size", None)
+        if block_size is None:
+            self.components = weighted_basis(rows, weight, self.n_components)
+            return self
+        components, variances = weighted_basis(
+            rows, weight, self.n_components, return_variances=True
+        )
+        self.components = components[balanced_order(variances.cpu(), block_size)]
+        latent_rows = rows @ self.components.to(rows.device).T
+        self.latent.fit(latent_rows, weight, generator, **kwargs)
         return self
-
-    def truncated(self, n_components):
-        """The same codec over the first ``n_components`` directions of the basis."""
-        codec = ProjectionCodec(n_components, self.latent, self.basis_dtype)
-        codec.components = self.components[:n_components]
-        return codec
 
     def encode(self, rows):
         components = self.components.to(rows.device)
@@ -269,4 +304,5 @@ class ProjectionCodec(Codec):
         return self.latent.row_size(self.n_components)
 
     def fixed_size(self, n_rows, n_features):
-        return StoredSize.of_values(self.n_components * n_features, self.basis_dtype)
+        basis = StoredSize.of_values(self.n_components * n_features, self.basis_dtype)
+        return basis + self.latent.fixed_size(n_rows, self.n_components)

@@ -59,12 +59,15 @@ def assign(row_costs, fixed_costs, errors, budget):
         objective = errors[:, allowed] + lam * row_costs[allowed]
         return allowed[np.argmin(objective, axis=1)]
 
-    def bisect(allowed):
-        """``choose(10**hi, allowed)`` at the end of a bisection of ``log10(lam)`` over
-        ``[-30, 30]`` for the cheapest price within the budget. A row whose choice is
+    def bisect(allowed, near=None):
+        """``(choose(10**hi, allowed), hi)`` at the end of a bisection of
+        ``log10(lam)`` for the cheapest price within the budget, over ``[-30, 30]``,
+        or over the decade either side of ``near`` when that brackets it (the price
+        after one codec is dropped is near the price before). A row whose choice is
         the same at both ends of the interval keeps it inside (the difference of two
         codecs' objectives is linear in ``lam``), so only the others are recomputed,
-        and the cost is updated by what they change."""
+        and the cost is updated by what they change: a narrow bracket leaves few.
+        ``(None, near)`` when even the cheapest choices exceed the budget."""
         sub = np.ascontiguousarray(errors[:, allowed])
         costs, fixed = row_costs[allowed], fixed_costs[allowed]
         n_rows = len(sub)
@@ -73,11 +76,24 @@ def assign(row_costs, fixed_costs, errors, budget):
             used = counts > 0
             return row_sum + fixed[used].sum() + partition_size(n_rows, used.sum()).n_bytes
 
+        def ends(lam_exponent):
+            at = np.argmin(sub + 10**lam_exponent * costs, axis=1)
+            return at, costs[at].sum(), np.bincount(at, minlength=len(allowed))
+
         lo, hi = -30.0, 30.0
-        at_lo = np.argmin(sub + 10**lo * costs, axis=1)
-        at_hi = np.argmin(sub + 10**hi * costs, axis=1)
-        hi_sum = costs[at_hi].sum()
-        hi_counts = np.bincount(at_hi, minlength=len(allowed))
+        if near is not None and -29.0 < near < 29.0:
+            at_lo, lo_sum, lo_counts = ends(near - 1)
+            if cost_of(lo_sum, lo_counts) > budget:
+                lo = near - 1
+            at_hi, hi_sum, hi_counts = ends(near + 1)
+            if cost_of(hi_sum, hi_counts) <= budget:
+                hi = near + 1
+        if lo == -30.0:
+            at_lo = ends(lo)[0]
+        if hi == 30.0:
+            at_hi, hi_sum, hi_counts = ends(hi)
+            if cost_of(hi_sum, hi_counts) > budget:
+                return None, near
         open_rows = np.flatnonzero(at_lo != at_hi)
         for _ in range(60):
             mid = (lo + hi) / 2
@@ -96,41 +112,45 @@ def assign(row_costs, fixed_costs, errors, budget):
                 hi, hi_sum, hi_counts = mid, mid_sum, mid_counts
                 at_hi[open_rows] = now
             open_rows = open_rows[at_lo[open_rows] != at_hi[open_rows]]
-        return allowed[at_hi]
+        return allowed[at_hi], hi
 
-    def solve(allowed):
-        if cost(choose(1e30, allowed)) > budget:
-            return None
+    def solve(allowed, near=None):
+        """``(assignment, log10 of its price)``, or ``(None, near)`` when even the
+        cheapest codecs exceed the budget."""
         for _ in range(4):
-            assignment = bisect(allowed)
+            assignment, near = bisect(allowed, near)
+            if assignment is None:
+                return None, near
             now_used = np.unique(assignment)
             if len(now_used) == len(allowed):
                 break
             allowed = now_used
-        return assignment
+        return assignment, near
 
     def objective(assignment):
         return errors[np.arange(len(assignment)), assignment].sum()
 
     allowed = np.arange(len(row_costs))
-    best = solve(allowed)
+    best, price = solve(allowed)
     while best is None:
         dear = allowed[fixed_costs[allowed] > 0]
         if not dear.size:
             raise BudgetUnreachable(cost(choose(1e30, np.arange(len(row_costs)))))
         allowed = allowed[allowed != dear[np.argmax(fixed_costs[dear])]]
-        best = solve(allowed)
+        best, price = solve(allowed)
     while True:
         # The codec whose removal lowers the objective most, rather than the first
         # that lowers it: the first depends on the codecs' order, and on SmolLM2's
         # table at 16x it could drop the codebooks that the best assignments share.
         in_use = np.unique(best)
         trials = [
-            (trial, k)
+            (*solve(allowed[allowed != k], price), k)
             for k in in_use[fixed_costs[in_use] > 0]
-            if (trial := solve(allowed[allowed != k])) is not None
         ]
-        trial, k = min(trials, key=lambda t: objective(t[0]), default=(None, None))
+        trials = [trial for trial in trials if trial[0] is not None]
+        trial, trial_price, k = min(
+            trials, key=lambda t: objective(t[0]), default=(None, None, None)
+        )
         if trial is None or objective(trial) >= objective(best):
             return best
-        best, allowed = trial, allowed[allowed != k]
+        best, price, allowed = trial, trial_price, allowed[allowed != k]

@@ -352,13 +352,15 @@ def test_product_codes_gathered_by_threads_match_the_decoded_table(
     monkeypatch.setattr(
         product,
         "rows_in_threads",
-        lambda f, n, tile: parts.append(tile) or rows_in_threads(f, n, tile),
+        lambda f, n, tile, max_threads: (
+            parts.append((tile, max_threads)) or rows_in_threads(f, n, tile, max_threads)
+        ),
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
         _assert_logits_close(table.linear(hidden), expected, rtol=1e-6)
-        assert parts == ([16] if threaded_min_rows <= 203 else [])
+        assert parts == ([(16, None)] if threaded_min_rows <= 203 else [(50, 1)])
         assert torch.get_num_threads() == 3
         tracked = hidden.clone().requires_grad_(True)
         logits = table.linear(tracked)

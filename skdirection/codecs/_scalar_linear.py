@@ -230,19 +230,21 @@ def _digits(h, layout):
     return coef, combine
 
 
-def _int_rows(table, layout, coef, combine, hsum, out, start, stop, tile_bytes):
-    """Logits of rows ``[start, stop)`` into ``out[:, start:stop]``, the fields cut
-    ``tile_bytes`` at a time."""
-    t, G = hsum.shape[0], layout.n_groups
+def _linear_int(table, h, layout):
+    coef, combine = _digits(h, layout)
+    hsum = group_sums(h, layout.n_groups, table.group_size)
+    t, G, V = h.shape[0], layout.n_groups, table.num_embeddings
+    out = h.new_empty(t, V)
+    threads = torch.get_num_threads()
+    tile_bytes = _table.TILE_BYTES * (1 if threads == 1 else THREADED_TILE_FACTOR)
     R = max(16, tile_bytes // layout.n_fields)
     C = max(R, CHUNK_ROWS // R * R)
-    V = stop - start
     fields = torch.empty(min(R, V), layout.n_fields, dtype=torch.uint8, device=out.device)
     acc = torch.empty(min(C, V), coef.shape[1], dtype=torch.int32, device=out.device)
     acc_float = torch.empty(acc.shape, device=out.device)
     partial = torch.empty(acc.shape[0], G * t, device=out.device)
-    for c0 in range(start, stop, C):
-        c1 = min(c0 + C, stop)
+    for c0 in range(0, V, C):
+        c1 = min(c0 + C, V)
         n = c1 - c0
         for r0 in range(c0, c1, R):
             r1 = min(r0 + R, c1)
@@ -259,15 +261,6 @@ def _int_rows(table, layout, coef, combine, hsum, out, start, stop, tile_bytes):
         else:
             logits = dots.view(n, G, t).mul_(scales[:, :, None]).sum(1)
         out[:, c0:c1] = logits.addmm_(offsets, hsum.T).T
-
-
-def _linear_int(table, h, layout):
-    coef, combine = _digits(h, layout)
-    hsum = group_sums(h, layout.n_groups, table.group_size)
-    out = h.new_empty(h.shape[0], table.num_embeddings)
-    threads = torch.get_num_threads()
-    tile_bytes = _table.TILE_BYTES * (1 if threads == 1 else THREADED_TILE_FACTOR)
-    _int_rows(table, layout, coef, combine, hsum, out, 0, out.shape[1], tile_bytes)
     return out
 
 

@@ -135,18 +135,18 @@ def in_threads(tasks):
             future.result()
 
 
-def rows_in_threads(function, n_rows, tile_rows):
-    """``function(tiles)`` on as many threads as torch has, each running torch on one:
-    ``tiles`` is one iterator of ``(start, stop)`` ranges of ``tile_rows`` rows shared
-    by them all, so that each takes the next tile when done with one, and a thread
-    slowed by other work (an OpenMP thread still spinning after torch's last parallel
-    op) takes fewer. Torch's thread count is restored afterwards. For kernels of many
-    small operations, which torch's own threads would slow down."""
+def rows_in_threads(function, n_rows, tile_rows, max_threads=None):
+    """``function(tiles)`` on as many threads as torch has (at most ``max_threads``),
+    each running torch on one: ``tiles`` is one iterator of ``(start, stop)`` ranges of
+    ``tile_rows`` rows shared by them all, so that each takes the next tile when done
+    with one, and a thread slowed by other work (an OpenMP thread still spinning after
+    torch's last parallel op) takes fewer. Torch's thread count is restored afterwards.
+    For kernels of many small operations, which torch's own threads would slow down."""
     threads = torch.get_num_threads()
     tiles = iter(
         [(start, min(start + tile_rows, n_rows)) for start in range(0, n_rows, tile_rows)]
     )
-    n_workers = max(1, min(threads, math.ceil(n_rows / tile_rows)))
+    n_workers = max(1, min(threads, max_threads or threads, math.ceil(n_rows / tile_rows)))
     if threads > 1:
         torch.set_num_threads(1)
     try:

@@ -152,10 +152,7 @@ class ProductQuantizedTable(CompressedTable):
                 values = torch.index_select(lut, 0, flat, out=gathered[: n * m])
                 torch.sum(values.view(n, m), 1, out=out[first:last])
 
-        if threaded:
-            rows_in_threads(rows, V, tile)
-        else:
-            rows(iter([(start, min(start + tile, V)) for start in range(0, V, tile)]))
+        rows_in_threads(rows, V, tile, max_threads=None if threaded else 1)
         return out
 
     @property

@@ -70,7 +70,8 @@ class ProductQuantizer(BaseCompressor):
         Codebook vectors of every block.
     components_ : ndarray of shape (n_components, n_features) or None
         The basis the rows are projected on (with ``n_components``), in the order of
-        the blocks, rounded to float16 as stored.
+        the blocks, in float32; the table stores it, and decodes through it, in
+        float16.
     n_blocks_ : int
         Blocks (codes) a row.
     n_centroids_ : int
@@ -238,12 +239,6 @@ class ProductQuantizer(BaseCompressor):
             codec.components = components
         return NormScaledCodec(codec) if self.keep_norms else codec
 
-    def _stored_basis(self):
-        """``components_`` as the table stores them (float16), or None."""
-        if self.components_ is None:
-            return None
-        return torch.from_numpy(self.components_).half().float()
-
     def _codes_and_norms(self, X):
         device = inference_device(self.device)
         rows = float32_rows(X, device)
@@ -281,8 +276,8 @@ class ProductQuantizer(BaseCompressor):
             torch.from_numpy(self.codebooks_),
             self.n_components or self.n_features_in_,
         )
-        if self.components_ is not None:
-            rows = rows @ self._stored_basis()
+        if self.components_ is not None:  # decoded through the stored float16 basis
+            rows = rows @ torch.from_numpy(self.components_).half().float()
         if self.keep_norms:
             if values.numel() and values[:, -1].min() < 0:
                 raise ValueError("the last column (each row's norm) must not be negative.")

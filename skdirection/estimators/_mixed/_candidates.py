@@ -30,9 +30,15 @@ _KMEANS_POINTS_PER_VALUE = 32
 _REFIT_ITER = 4  # a refit starts from the codebooks it refines
 # Codebooks first fitted on the mix's screening sample (with _KMEANS_ITER iterations:
 # with 2, one seed of three at 32x on SmolLM2's table kept the wrong block sizes) need
-# fewer on the table: from them, 2 give the weighted error that 4 from scratch gave at
-# 16x (seeds 0 to 2: 0.02544, 0.02544, 0.02543), where 1 gave 0.02545 to 0.02548.
+# fewer on the table, and fewer rows: from them, 2 iterations on 16 rows a centroid and
+# a value give the weighted error that 4 from scratch on 32 gave at 16x (seeds 0 to 2:
+# 0.02543, 0.02544, 0.02544 against 0.02544, 0.02544, 0.02543) and at 32x (0.08322,
+# 0.08323, 0.08317; 0.08317, 0.08314, 0.08315 before the screen), in 5% to 10% less
+# time than on 32. One iteration gave 0.02545 to 0.02548 at 16x; 8 rows a centroid and
+# a value, at 32x, 0.08616 for seed 2, whose first assignment then took the wrong
+# block sizes.
 _REFINE_ITER = 2
+_REFINE_POINTS_PER_VALUE = 16
 
 
 @dataclass
@@ -160,13 +166,14 @@ class ProductFamily(CandidateFamily):
         for codec in codecs:
             # A sample with fewer rows of positive weight than centroids gave fewer.
             start = warm and codec.inner.codebooks.shape[1] == n_centroids
+            points = _REFINE_POINTS_PER_VALUE if start else _KMEANS_POINTS_PER_VALUE
             codec.inner.fit(
                 directions,
                 weight,
                 generator,
                 init=codec.inner.codebooks if start else None,
                 n_iter=_REFINE_ITER if start else None,
-                max_points_per_centroid=_KMEANS_POINTS_PER_VALUE * codec.inner.block_size,
+                max_points_per_centroid=points * codec.inner.block_size,
             )
 
     def refine(self, codecs, rows, weight, generator):

@@ -2,6 +2,10 @@
 1M .. 10M rows x 64 columns, each fit in a fresh process.
 
     python benchmarks/bench_scale.py --device cpu --rows 1000000 2000000 5000000 10000000
+    python benchmarks/bench_scale.py --rows 10000000 --row-slice
+
+``--row-slice`` also fits each estimator on the memmap's rows from the fifth on
+(``table[n // 5:]``, a view of the file), named ``<estimator>-slice``.
 
 The tables (low rank plus noise, rows of varied norm) are written chunk by chunk to
 ``--dir`` and deleted afterwards. Peak memory is the child process's ru_maxrss, which
@@ -25,6 +29,7 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 N_FEATURES = 64
 CHUNK = 1_000_000
+SLICE = "-slice"
 
 
 def write_table(path, n_rows, seed=0):
@@ -54,6 +59,9 @@ def worker(path, estimator, device, k, max_iter, threads):
         seconds, n_iter = 0.0, ""
     else:
         table = np.load(path, mmap_mode="r")
+        if estimator.endswith(SLICE):
+            estimator = estimator.removesuffix(SLICE)
+            table = table[len(table) // 5 :]
         if estimator == "svd":
             model = TruncatedSVDCompressor(k, device=device)
         else:
@@ -79,6 +87,11 @@ def main():
     parser.add_argument("--max-iter", type=int, default=2, help="autoencoder epochs")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dir", default=tempfile.gettempdir())
+    parser.add_argument(
+        "--row-slice",
+        action="store_true",
+        help="also fit on a row slice of the memmap (its rows from the fifth on)",
+    )
     parser.add_argument(
         "--worker", nargs=2, metavar=("PATH", "ESTIMATOR"), help=argparse.SUPPRESS
     )
@@ -123,8 +136,11 @@ def main():
         subprocess.run(
             [sys.executable, __file__, "--make", str(path), str(n_rows)], check=True
         )
+        fits = args.estimators + (
+            [e + SLICE for e in args.estimators] if args.row_slice else []
+        )
         try:
-            for estimator in args.estimators:
+            for estimator in fits:
                 run(path, n_rows, estimator)
         finally:
             path.unlink()
@@ -136,10 +152,10 @@ def main():
         f"\n{N_FEATURES} float32 columns from a memmap, k={args.k}, "
         f"autoencoder {args.max_iter} epochs; machine: {machine}"
     )
-    print(f"{'rows':>10} {'estimator':>12} {'seconds':>9} {'peak MiB':>9}")
+    print(f"{'rows':>10} {'estimator':>18} {'seconds':>9} {'peak MiB':>9}")
     for row in rows:
         print(
-            f"{row['rows']:>10} {row['estimator']:>12} {row['seconds']:9.2f} "
+            f"{row['rows']:>10} {row['estimator']:>18} {row['seconds']:9.2f} "
             f"{row['peak_mib']:9.0f}"
         )
     for estimator in args.estimators:

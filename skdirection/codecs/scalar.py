@@ -104,11 +104,10 @@ def _quantize_rows(X, bits, group_size, scale_dtype, clip_search):
         work = torch.empty_like(grouped)
         errors = torch.empty(scales.shape, dtype=torch.float32, device=X.device)
         all_s, all_o = scales.float()[..., None], offsets.float()[..., None]
-        all_safe = _nonzero(all_s)
+        all_divisors = _nonzero_scales(all_s)
         for i in range(len(ratios)):
             s, o = all_s[i], all_o[i]
-            torch.sub(grouped, o, out=work).div_(all_safe[i]).round_().clamp_(0, levels)
-            work.mul_(s).add_(o)
+            _codes(grouped, all_divisors[i], o, levels, work).mul_(s).add_(o)
             # Errors relative to the group's range, so that the power cannot underflow.
             _power(work.sub_(grouped).div_(spread), CLIP_ERROR_POWER)
             if pad:
@@ -118,7 +117,7 @@ def _quantize_rows(X, bits, group_size, scale_dtype, clip_search):
     scale = scales.gather(0, best[None])[0]
     offset = offsets.gather(0, best[None])[0]
     s, o = scale.float()[..., None], offset.float()[..., None]
-    codes = _codes(grouped, s, o, levels, torch.empty_like(grouped))
+    codes = _codes(grouped, _nonzero_scales(s), o, levels, torch.empty_like(grouped))
     return codes.reshape(n, -1)[:, :d].to(torch.uint8), scale, offset
 
 
@@ -127,12 +126,13 @@ def _scale_offset(lo, hi, ratio, levels, scale_dtype):
     return ((hi - lo) * ratio / levels).to(scale_dtype), (lo * ratio).to(scale_dtype)
 
 
-def _codes(grouped, s, o, levels, out):
-    """Codes (as floats) of ``grouped`` at scales ``s`` and offsets ``o``, into ``out``."""
-    return torch.sub(grouped, o, out=out).div_(_nonzero(s)).round_().clamp_(0, levels)
+def _codes(grouped, divisor, o, levels, out):
+    """Codes (as floats) of ``grouped`` at offsets ``o`` and scales ``divisor`` (see
+    `_nonzero_scales`), into ``out``."""
+    return torch.sub(grouped, o, out=out).div_(divisor).round_().clamp_(0, levels)
 
 
-def _nonzero(s):
+def _nonzero_scales(s):
     """``s`` with its zeros (groups of one value) replaced by ones."""
     return torch.where(s > 0, s, torch.ones_like(s))
 

@@ -345,9 +345,8 @@ class FrequencyMixedCompressor(TableCompressor):
                 screen.append(
                     dataclasses.replace(candidate, fixed_cost=candidate.fixed_cost * m / n)
                 )
-        errors = np.stack([c.distance for c in screen], axis=1) * sample_weight[:, None]
         kept = screened_codecs(
-            errors,
+            self._weighted_errors(screen, sample_weight),
             [c.row_cost for c in screen],
             [c.fixed_cost for c in screen],
             budget * m / n,
@@ -402,13 +401,16 @@ class FrequencyMixedCompressor(TableCompressor):
             assignment,
         )
 
+    @staticmethod
+    def _weighted_errors(candidates, weight):
+        return np.stack([c.distance for c in candidates], axis=1) * weight[:, None]
+
     def _assign(self, candidates, weight, budget):
-        errors = np.stack([c.distance for c in candidates], axis=1) * weight[:, None]
         try:
             return assign(
                 [c.row_cost for c in candidates],
                 [c.fixed_cost for c in candidates],
-                errors,
+                self._weighted_errors(candidates, weight),
                 budget,
             )
         except BudgetUnreachable as unreachable:

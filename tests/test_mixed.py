@@ -384,3 +384,25 @@ def test_distances_measured_in_chunks_match_all_rows_at_once(embeddings, monkeyp
             part = _candidates.measure(codecs[-1], family, rows, "bytes", len(rows))
             np.testing.assert_array_equal(part.distance, whole)
         monkeypatch.undo()
+
+
+def test_a_codec_that_pays_only_for_every_row_is_found():
+    # Per row, codecs 1 and 2 beat codec 3, so a search that starts from every codec
+    # never gives codec 3 a row; but their two codebooks do not both fit, and either
+    # alone leaves half the rows worse off than codec 3 on every row does.
+    from skdirection.estimators._mixed._budget import assign, total_cost
+
+    n = 40
+    even = np.arange(n) % 2 == 0
+    errors = np.stack(
+        [np.ones(n), np.where(even, 0.2, 0.6), np.where(even, 0.6, 0.2), np.full(n, 0.3)],
+        axis=1,
+    )
+    row_costs = np.array([1.0, 3.0, 3.0, 3.0])
+    fixed_costs = np.array([0.0, 10.0 * n, 10.0 * n, 12.0 * n])
+    everyone_on_3 = np.full(n, 3)
+    budget = total_cost(row_costs, fixed_costs, everyone_on_3)
+    np.testing.assert_array_equal(
+        assign(row_costs, fixed_costs, errors, budget), everyone_on_3
+    )
+

@@ -240,10 +240,78 @@ class LowRankFamily(CandidateFamily):
         return {"components_": codecs[0].inner.components.cpu().numpy() if codecs else None}
 
 
+class ProjectedProductFamily(ProductFamily):
+    """Product quantization, in blocks of each of ``projected_block_sizes``, of the
+    unit directions projected on as many of their weighted principal directions as the
+    budget pays for when every row takes it (:class:`ProjectionCodec`: the directions
+    ordered so that every block carries a like share of the variance), norms stored
+    apart. A table whose variance sits in fewer directions than it has columns (word
+    vectors) then spends its codes where the variance is."""
+
+    def codecs(self, mix, n_rows, n_features):
+        dtype = _float_dtype(mix)
+        budget = n_rows * n_features * (4 if mix.ratio_unit == "bytes" else 1) / mix.ratio
+        codecs = []
+        unit = mix.ratio_unit
+        for b in sorted({int(b) for b in mix.projected_block_sizes if 0 < int(b)}):
+            fitting = None
+            for k in range(b, n_features, b):
+                latent = ProductCodec(b, MAX_CENTROIDS, dtype, _KMEANS_ITER)
+                codec = NormScaledCodec(ProjectionCodec(k, latent, dtype), dtype)
+                size = codec.row_size(n_features).in_unit(unit) * n_rows
+                if size + codec.fixed_size(n_rows, n_features).in_unit(unit) > budget:
+                    break
+                fitting = codec
+            if fitting is not None:
+                codecs.append(fitting)
+        return codecs
+
+    def fit(self, codecs, rows, weight, generator, *, warm=False):
+        if not codecs:
+            return
+        directions = unit_rows(rows)[0]
+        for codec in codecs:
+            codec.inner.fit(
+                directions,
+                torch.from_numpy(weight),
+                generator,
+                max_points_per_centroid=_KMEANS_POINTS_PER_VALUE
+                * codec.inner.latent.block_size,
+            )
+
+    def refine(self, codecs, rows, weight, generator):
+        self.fit(codecs, rows, weight, generator)  # the basis too, on every row
+
+    def refit(self, codecs, rows, weight, members, generator):
+        # The codebooks on the projections of the rows that chose them; the basis
+        # stays, and the codebooks' blocks with it.
+        refitted, directions = [], None
+        for codec, rows_of_codec in zip(codecs, members, strict=True):
+            if np.count_nonzero(weight[rows_of_codec]) < MAX_CENTROIDS:
+                continue
+            if directions is None:
+                directions = unit_rows(rows)[0]
+            chosen = torch.from_numpy(np.flatnonzero(rows_of_codec)).to(rows.device)
+            components = codec.inner.components.to(rows.device)
+            codec.inner.latent.fit(
+                directions[chosen] @ components.T,
+                torch.from_numpy(weight[rows_of_codec]),
+                generator,
+                init=codec.inner.latent.codebooks,
+                n_iter=_REFIT_ITER,
+            )
+            refitted.append(codec)
+        return refitted
+
+    def learned(self, codecs):
+        return {}
+
+
 register_candidates("exact", ExactFamily())
 register_candidates("scalar", ScalarFamily())
 register_candidates("product", ProductFamily())
 register_candidates("low_rank", LowRankFamily())
+register_candidates("projected_product", ProjectedProductFamily())
 
 
 # Values reconstructed at once when measuring a codec: bounded working memory, and on

@@ -6,7 +6,8 @@ for each ratio: the most precise :class:`~skdirection.ScalarQuantizer` that meet
 int4 per row at 8x, just short of it), :class:`~skdirection.ProductQuantizer` at the
 smallest block size that meets it and in blocks of 4 over the most principal
 components that meet it (``n_components``), and the ``mixed`` and ``auto`` presets of
-:func:`skdirection.presets.build_compressor` with ``ratio_unit="bytes"``; beside them
+:func:`skdirection.presets.build_compressor` with ``ratio_unit="bytes"`` (``auto`` for a
+searched table, ``search=True``: the mix with projected candidates); beside them
 faiss's ``ProductQuantizer`` (the largest number of sub-quantizers dividing 300 within
 the bytes) and ``OPQMatrix`` + ``ProductQuantizer`` (``OPQ{M}_{d2},PQ{M}`` in
 ``index_factory`` terms: blocks of two after a learned rotation into ``d2 = 2 M``
@@ -93,8 +94,8 @@ def package_methods(n, d, ratio):
             build_compressor("mixed", n, d, ratio, {**options, "seed": 0}),
         )
     )
-    auto = build_compressor("auto", n, d, ratio, options)
-    methods.append((f"auto x{ratio:g} ({type(auto).__name__})", auto))
+    auto = build_compressor("auto", n, d, ratio, {**options, "search": True, "seed": 0})
+    methods.append((f"auto x{ratio:g} search ({type(auto).__name__})", auto))
     return methods
 
 

@@ -41,7 +41,7 @@ DEFAULT_OPTIONS = {
     "batch_size": 32,
     "verbose": 0,
     "ratio_unit": "params",
-    "weighted": False,  # whether the fit gets token counts as sample_weight
+    "search": False,  # a table searched by cosine rather than read by a model
     "column_weight": None,  # importance of each column (ColumnWeightedCompressor)
     "identity_weight": 0.8,  # its share of the plain squared error
 }
@@ -199,33 +199,33 @@ def pq_block_size(n_rows, n_features, ratio, ratio_unit):
 SCALAR_UP_TO_RATIO = 6.4
 
 
-def auto_compressor(n_rows, n_features, ratio, ratio_unit, weighted=False):
+def auto_compressor(n_rows, n_features, ratio, ratio_unit, *, search=False):
     """The package's preset for a ratio.
 
     Under a bytes ratio up to 6.4, the most precise scalar quantizer that meets it;
-    beyond that, with token counts (``weighted``), :class:`FrequencyMixedCompressor`
-    (whose candidates include product quantization), and without them
-    :class:`ProductQuantizer` at the smallest block size that meets the ratio. A
-    parameters ratio always goes to the mix.
+    beyond that, and for a parameters ratio, :class:`FrequencyMixedCompressor`, with
+    token counts as ``sample_weight`` when there are some (every row the same weight
+    otherwise). For a table searched by cosine (``search``: word vectors, a
+    sentence-vector store), the mix also offers product quantization of the principal
+    directions (``projected_block_sizes=(4,)``), which a model's embedding must not
+    get: a model reads every direction.
 
     On SmolLM2-135M (perplexity on Hamlet, counts from other text,
     ``benchmarks/bench_quality.py``): int4 in groups of 32 multiplies perplexity by
     1.006 at 6.4x fewer bytes. Beyond, the mix with counts gives 1.0065 at 8x, 1.017 at
-    10x, 1.084 at 16x and 1.78 at 32x; product quantization without counts, in blocks
-    of 2, 3 and 4, gives 1.010 at 7.8x, 1.072 at 11.5x and 1.18 at 15.2x, where the
-    best scalar codes give 1.023 (int4 per row, 7.9x), 1.11 (int3 per row, 10.5x) and
-    1.70 (int2 per row, 15.6x).
+    10x, 1.084 at 16x and 1.78 at 32x; without counts, 1.0069 at 8x and 1.18 at 16x,
+    where product quantization at the smallest block that meets the ratio gives 1.072
+    (blocks of 3, 11.5x) and 1.56 (blocks of 5, 18.6x). On spaCy's word vectors
+    (``benchmarks/bench_neighbours.py``), ``search`` keeps a 10-NN overlap of 0.894 at
+    8x, 0.786 at 16x and 0.643 at 32x, ahead of faiss's PQ and OPQ at equal bytes.
     """
     nearly_free = ratio_unit == "bytes" and ratio <= SCALAR_UP_TO_RATIO
     config = scalar_config(n_features, ratio, min_bits=4) if nearly_free else None
     if config is not None:
         return ScalarQuantizer(config[0], group_size=config[1])
-    if weighted or ratio_unit == "params":
-        return FrequencyMixedCompressor(ratio, ratio_unit=ratio_unit)
-    block_size = pq_block_size(n_rows, n_features, ratio, ratio_unit)
-    if block_size is None:
-        return FrequencyMixedCompressor(ratio, ratio_unit=ratio_unit)
-    return ProductQuantizer(block_size)
+    return FrequencyMixedCompressor(
+        ratio, ratio_unit=ratio_unit, projected_block_sizes=(4,) if search else ()
+    )
 
 
 # Low-rank tables store float32, so their bytes ratio equals their parameters ratio and
@@ -281,7 +281,7 @@ def _mixed(n_rows, n_features, ratio, options):
 
 def _auto(n_rows, n_features, ratio, options):
     return auto_compressor(
-        n_rows, n_features, ratio, options["ratio_unit"], options["weighted"]
+        n_rows, n_features, ratio, options["ratio_unit"], search=options["search"]
     )
 
 
@@ -317,7 +317,6 @@ register_method(
 register_method(
     "auto",
     _auto,
-    "the preset: up to a bytes ratio of 6.4, scalar quantization; beyond it the "
-    "frequency-aware mix with --counts-text, product quantization without; the mix for "
-    "a params ratio",
+    "the preset: up to a bytes ratio of 6.4, scalar quantization; beyond it, and for "
+    "a params ratio, the frequency-aware mix (weighted by --counts-text when given)",
 )

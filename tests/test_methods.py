@@ -97,32 +97,22 @@ def test_mixed_meets_the_ratio(table, unit, ratio):
 def test_auto_quantizes_while_scalar_codes_are_nearly_free():
     int4 = auto_compressor(49152, 576, 6.0, "bytes")
     assert isinstance(int4, ScalarQuantizer) and (int4.bits, int4.group_size) == (4, 32)
-    int8 = auto_compressor(49152, 576, 3.0, "bytes", weighted=True)
+    int8 = auto_compressor(49152, 576, 3.0, "bytes", search=True)
     assert isinstance(int8, ScalarQuantizer) and (int8.bits, int8.group_size) == (8, None)
     registered = build_compressor("auto", 49152, 576, 6.0, {"ratio_unit": "bytes"})
     assert registered.get_params() == int4.get_params()
 
 
-@pytest.mark.parametrize("ratio, block_size", [(7.0, 2), (8.0, 3), (11.5, 3), (15.0, 4)])
-def test_auto_uses_codebooks_beyond_without_counts(ratio, block_size):
-    pq = auto_compressor(49152, 576, ratio, "bytes")
-    assert isinstance(pq, ProductQuantizer) and pq.block_size == block_size
-    options = {"ratio_unit": "bytes", "seed": 5}
-    registered = build_compressor("auto", 49152, 576, ratio, options)
-    assert registered.block_size == block_size and registered.random_state == 5
-
-
-def test_auto_mixes_with_counts_and_for_params():
-    mixed = auto_compressor(49152, 576, 8.0, "bytes", weighted=True)
+@pytest.mark.parametrize("ratio, unit", [(7.0, "bytes"), (16.0, "bytes"), (2.0, "params")])
+def test_auto_mixes_beyond_and_projects_only_a_searched_table(ratio, unit):
+    mixed = auto_compressor(49152, 576, ratio, unit)
     assert isinstance(mixed, FrequencyMixedCompressor)
-    assert (mixed.ratio, mixed.ratio_unit) == (8.0, "bytes")
-    params = auto_compressor(49152, 576, 2.0, "params")
-    assert isinstance(params, FrequencyMixedCompressor) and params.ratio_unit == "params"
-    registered = build_compressor(
-        "auto", 49152, 576, 10.0, {"ratio_unit": "bytes", "weighted": True, "seed": 3}
-    )
-    assert isinstance(registered, FrequencyMixedCompressor) and registered.ratio == 10.0
-    assert registered.random_state == 3
+    assert (mixed.ratio, mixed.ratio_unit, mixed.projected_block_sizes) == (ratio, unit, ())
+    searched = auto_compressor(49152, 576, ratio, unit, search=True)
+    assert searched.projected_block_sizes == (4,)
+    options = {"ratio_unit": unit, "seed": 3, "search": True}
+    registered = build_compressor("auto", 49152, 576, ratio, options)
+    assert registered.get_params() == {**searched.get_params(), "random_state": 3}
 
 
 @pytest.mark.parametrize("unit, ratio", [("bytes", 6.0), ("bytes", 12.0), ("params", 3.0)])

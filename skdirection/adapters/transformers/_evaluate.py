@@ -80,8 +80,7 @@ def evaluate(
         over the stored bytes of the table, ``requested_ratio`` the ratio asked for.
     """
     log = log or (lambda message: None)
-    # The presets pick codecs by whether the fit gets counts, as the CLI does.
-    options = {"weighted": counts_texts is not None, **(options or {})}
+    options = dict(options or {})
     source = model.get_output_embeddings() if target == "output" else None
     source = source if source is not None else model.get_input_embeddings()
     matrix = source.weight.detach().float().cpu().numpy()

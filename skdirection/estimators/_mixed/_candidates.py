@@ -188,15 +188,24 @@ class ProductFamily(CandidateFamily):
                 directions = unit_rows(rows)[0]
             # The rows of other codecs weigh nothing here: left out, they cost nothing.
             chosen = torch.from_numpy(np.flatnonzero(rows_of_codec)).to(rows.device)
-            codec.inner.fit(
-                directions[chosen],
+            quantizer = self._quantizer(codec)
+            quantizer.fit(
+                self._quantized_rows(codec, directions[chosen]),
                 torch.from_numpy(weight[rows_of_codec]),
                 generator,
-                init=codec.inner.codebooks,
+                init=quantizer.codebooks,
                 n_iter=_REFIT_ITER,
             )
             refitted.append(codec)
         return refitted
+
+    def _quantizer(self, codec):
+        """The :class:`ProductCodec` of a candidate, which a refit fits again."""
+        return codec.inner
+
+    def _quantized_rows(self, codec, directions):
+        """What that quantizer encodes for these unit rows."""
+        return directions
 
     def learned(self, codecs):
         return {
@@ -282,26 +291,13 @@ class ProjectedProductFamily(ProductFamily):
     def refine(self, codecs, rows, weight, generator):
         self.fit(codecs, rows, weight, generator)  # the basis too, on every row
 
-    def refit(self, codecs, rows, weight, members, generator):
-        # The codebooks on the projections of the rows that chose them; the basis
-        # stays, and the codebooks' blocks with it.
-        refitted, directions = [], None
-        for codec, rows_of_codec in zip(codecs, members, strict=True):
-            if np.count_nonzero(weight[rows_of_codec]) < MAX_CENTROIDS:
-                continue
-            if directions is None:
-                directions = unit_rows(rows)[0]
-            chosen = torch.from_numpy(np.flatnonzero(rows_of_codec)).to(rows.device)
-            components = codec.inner.components.to(rows.device)
-            codec.inner.latent.fit(
-                directions[chosen] @ components.T,
-                torch.from_numpy(weight[rows_of_codec]),
-                generator,
-                init=codec.inner.latent.codebooks,
-                n_iter=_REFIT_ITER,
-            )
-            refitted.append(codec)
-        return refitted
+    # A refit fits the codebooks again on the projections of the rows that chose
+    # them; the basis stays, and the codebooks' blocks with it.
+    def _quantizer(self, codec):
+        return codec.inner.latent
+
+    def _quantized_rows(self, codec, directions):
+        return directions @ codec.inner.components.to(directions.device).T
 
     def learned(self, codecs):
         return {}

@@ -111,8 +111,8 @@ CANDIDATE_FAMILIES = {}
 def register_candidates(name, family):
     """Offer the codecs of ``family`` (a :class:`CandidateFamily`) to every row of a
     :class:`~skdirection.FrequencyMixedCompressor`; they compete with the built-in
-    families (``"exact"``, ``"scalar"``, ``"product"``, ``"low_rank"``) within the
-    budget. Returns ``family``."""
+    families (``"exact"``, ``"scalar"``, ``"product"``, ``"low_rank"``,
+    ``"projected_product"``) within the budget. Returns ``family``."""
     CANDIDATE_FAMILIES[name] = family
     return family
 

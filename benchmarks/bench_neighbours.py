@@ -21,8 +21,12 @@ float32. ``bytes_ratio`` is the float32 table's bytes over them. ``overlap10`` a
 the same for every method); ``fit_seconds`` times fitting and encoding the table.
 
     python benchmarks/bench_neighbours.py [--ratios 8 16 32] [--queries 2000]
+    python benchmarks/bench_neighbours.py --table sentences
 
-Prints the table and the machine; writes ``benchmarks/results/neighbours_spacy.csv``.
+``--table sentences`` runs the same on a sentence-vector store instead: the unit
+all-MiniLM-L6-v2 embeddings of the 22870 distinct sentences of gensim's Wikipedia slice
+(``_common.sentence_store``). Prints the table and the machine; writes
+``benchmarks/results/neighbours_<table>.csv``.
 """
 
 import argparse
@@ -38,6 +42,7 @@ from _common import (  # noqa: E402
     format_table,
     machine_description,
     neighbour_meter,
+    sentence_store,
     spacy_table,
     timed,
     write_csv,
@@ -186,6 +191,15 @@ def run(X, ratios=(8, 16, 32), n_queries=2000, opq_iterations=10, faiss_peers=Tr
     return rows
 
 
+TABLES = {
+    "spacy": (spacy_table, "spaCy en_core_web_md vectors"),
+    "sentences": (
+        sentence_store,
+        "all-MiniLM-L6-v2 embeddings of gensim's Wikipedia sentences",
+    ),
+}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratios", type=float, nargs="*", default=[8, 16, 32])
@@ -195,6 +209,12 @@ def main():
         type=int,
         default=10,
         help="OPQ's alternations of rotation and codebooks (faiss's default is 50)",
+    )
+    parser.add_argument(
+        "--table",
+        choices=sorted(TABLES),
+        default="spacy",
+        help="spaCy's word vectors, or a store of MiniLM sentence vectors",
     )
     parser.add_argument(
         "--threads",
@@ -209,14 +229,15 @@ def main():
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     print(f"machine: {machine_description()}", flush=True)
-    X = spacy_table()
+    load, description = TABLES[args.table]
+    X = load()
     rows = run(
         X, [r if r % 1 else int(r) for r in args.ratios], args.queries, args.opq_iterations
     )
-    write_csv(rows, COLUMNS, RESULTS / "neighbours_spacy.csv")
+    write_csv(rows, COLUMNS, RESULTS / f"neighbours_{args.table}.csv")
     print(
-        f"\nspaCy en_core_web_md vectors ({X.shape[0]} x {X.shape[1]}), 10 nearest "
-        f"cosine neighbours of {args.queries} rows; faiss {faiss.__version__}"
+        f"\n{description} ({X.shape[0]} x {X.shape[1]}), 10 nearest cosine neighbours "
+        f"of {args.queries} rows; faiss {faiss.__version__}"
     )
     print(format_table(rows, COLUMNS))
 

@@ -109,7 +109,7 @@ def test_auto_mixes_beyond_and_projects_only_a_searched_table(ratio, unit):
     assert isinstance(mixed, FrequencyMixedCompressor)
     assert (mixed.ratio, mixed.ratio_unit, mixed.projected_block_sizes) == (ratio, unit, ())
     searched = auto_compressor(49152, 576, ratio, unit, search=True)
-    assert searched.projected_block_sizes == (4,)
+    assert searched.projected_block_sizes == (2, 4)
     options = {"ratio_unit": unit, "seed": 3, "search": True}
     registered = build_compressor("auto", 49152, 576, ratio, options)
     assert registered.get_params() == {**searched.get_params(), "random_state": 3}

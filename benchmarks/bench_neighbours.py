@@ -8,8 +8,8 @@ smallest block size that meets it and in blocks of 4 over the most principal
 components that meet it (``n_components``), and the ``mixed`` and ``auto`` presets of
 :func:`skdirection.presets.build_compressor` with ``ratio_unit="bytes"`` (``auto`` for a
 searched table, ``search=True``: the mix with projected candidates); beside them
-faiss's ``ProductQuantizer`` (the largest number of sub-quantizers dividing 300 within
-the bytes) and ``OPQMatrix`` + ``ProductQuantizer`` (``OPQ{M}_{d2},PQ{M}`` in
+faiss's ``ProductQuantizer`` (the largest number of sub-quantizers dividing the columns
+within the bytes) and ``OPQMatrix`` + ``ProductQuantizer`` (``OPQ{M}_{d2},PQ{M}`` in
 ``index_factory`` terms: blocks of two after a learned rotation into ``d2 = 2 M``
 dimensions, the largest ``M`` within the bytes). faiss (``faiss-cpu``, a benchmark peer,
 never a dependency of the package) encodes the unit rows, as it does for cosine search.

@@ -258,10 +258,9 @@ class ProjectedProductFamily(ProductFamily):
     vectors) then spends its codes where the variance is."""
 
     def codecs(self, mix, n_rows, n_features):
-        dtype = _float_dtype(mix)
-        budget = n_rows * n_features * (4 if mix.ratio_unit == "bytes" else 1) / mix.ratio
+        dtype, unit = _float_dtype(mix), mix.ratio_unit
+        budget = n_rows * n_features * (4 if unit == "bytes" else 1) / mix.ratio
         codecs = []
-        unit = mix.ratio_unit
         for b in sorted({int(b) for b in mix.projected_block_sizes if 0 < int(b)}):
             fitting = None
             for k in range(b, n_features, b):

@@ -190,5 +190,5 @@ def test_cli_calibration_text_fits_through_the_head_moment(
     table = compressor.compress(weight)
     assert weighted[1]["bytes_ratio"] == pytest.approx(weight.nbytes / table.n_bytes)
 
-    with pytest.raises(SystemExit, match="needs --target output or both"):
+    with pytest.raises(SystemExit, match="with --target input and no tuning it has no use"):
         main([*common[:-2], "--calibration-text", str(calibration)])

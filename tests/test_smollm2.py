@@ -157,3 +157,41 @@ def test_counts_from_another_text_never_hurt_auto(smollm2):
         assert counted["bytes_ratio"] >= counted["requested_ratio"]
         assert plain["bytes_ratio"] >= plain["requested_ratio"]
         assert counted["perplexity"] <= plain["perplexity"], (counted, plain)
+
+
+def test_tuning_lowers_smollm2s_divergence_on_held_out_and_other_text(smollm2):
+    from skdirection import ScalarQuantizer
+    from skdirection.adapters.transformers import (
+        LanguageModelMeter,
+        patch_embeddings,
+        tune_table,
+        unpatch_embeddings,
+    )
+    from skdirection.datasets import load_lee_text
+
+    model, tokenizer = smollm2
+    matrix = model.get_input_embeddings().weight.detach().numpy()
+    table = ScalarQuantizer(2, group_size=32).fit(matrix).compress(matrix)
+    report = tune_table(
+        model,
+        tokenizer,
+        table,
+        load_lee_text(),
+        target="both",
+        steps=6,
+        eval_every=3,
+        max_tokens=768,
+        max_length=128,
+        progress=False,
+    )
+    assert report.best_step > 0 and report.final_kl < 0.95 * report.initial_kl
+    assert torch.equal(report.table.packed, table.packed)
+    # On a text from elsewhere (Wikipedia, where the calibration was news).
+    meter = LanguageModelMeter(model, tokenizer, TEXT, progress=False)
+    meter.set_reference()
+    divergences = []
+    for stored in (table, report.table):
+        patch_embeddings(model, stored, target="both")
+        divergences.append(meter()["kl_divergence"])
+        unpatch_embeddings(model)
+    assert divergences[1] < divergences[0]

@@ -212,7 +212,9 @@ class CompressedTable(nn.Module):
         of rows at a time. Beside the logits, a call allocates a bounded buffer (about
         a tile, :data:`TILE_BYTES`); values derived once from the stored tensors are
         kept (:attr:`derived_bytes`). The result equals ``F.linear(hidden.float(),
-        decode())`` to float32 rounding. It is differentiable in ``hidden``.
+        decode())`` to float32 rounding. It is differentiable in ``hidden``, and in the
+        table's float tensors when they require a gradient (the table is then decoded
+        whole: what tuning a table against a model does).
 
         Parameters
         ----------
@@ -225,7 +227,11 @@ class CompressedTable(nn.Module):
         """
         shape = hidden.shape[:-1]
         h = hidden.reshape(-1, hidden.shape[-1]).to(torch.float32).contiguous()
-        if torch.is_grad_enabled() and h.requires_grad:
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            # The table's own tensors are being tuned: decode it whole, so that the
+            # gradient reaches them.
+            out = torch.nn.functional.linear(h, self.decode().float())
+        elif torch.is_grad_enabled() and h.requires_grad:
             out = _StoredLinear.apply(h, self)
         else:
             with torch.no_grad():

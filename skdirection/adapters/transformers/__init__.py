@@ -26,6 +26,7 @@ from ._patch import TARGETS, PatchReport, patch_embeddings, patch_report, unpatc
 from ._saving import load_compressed, save_compressed
 from ._sensitivity import head_moment
 from ._text import split_sentences, token_counts
+from ._tuning import TuningReport, tune_table
 
 __all__ = [
     "COLUMNS",
@@ -35,6 +36,7 @@ __all__ = [
     "CompressedLMHead",
     "LanguageModelMeter",
     "PatchReport",
+    "TuningReport",
     "count_parameters",
     "evaluate",
     "head_moment",
@@ -48,5 +50,6 @@ __all__ = [
     "similarity_spearman",
     "split_sentences",
     "token_counts",
+    "tune_table",
     "unpatch_embeddings",
 ]

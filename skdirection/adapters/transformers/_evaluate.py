@@ -16,6 +16,7 @@ from ._models import is_language_model
 from ._patch import patch_embeddings, unpatch_embeddings
 from ._sensitivity import head_moment
 from ._text import split_sentences, token_counts
+from ._tuning import tune_table
 
 COLUMNS = [
     "method",
@@ -48,6 +49,7 @@ def evaluate(
     counts_texts=None,
     calibration_texts=None,
     calibration_tokens=16384,
+    tune_steps=0,
     max_tokens=None,
     n_sentences=300,
     options=None,
@@ -71,6 +73,9 @@ def evaluate(
     fitted through :class:`~skdirection.ColumnWeightedCompressor` with its diagonal as
     the column weights (``options["identity_weight"]``, default 0.8, keeps part of the
     plain error): the codec's precision goes where the head's errors cost the most.
+    With ``tune_steps`` (language models, ``calibration_texts`` needed), every table is
+    then tuned against the model on the calibration text (:func:`tune_table`, at most
+    ``tune_steps`` steps) before it is measured; ``fit_seconds`` includes the tuning.
 
     Returns
     -------
@@ -81,6 +86,17 @@ def evaluate(
     """
     log = log or (lambda message: None)
     options = dict(options or {})
+    if tune_steps:
+        if calibration_texts is None:
+            raise ValueError(
+                "tuning a table against the model needs calibration text "
+                "(calibration_texts), other than the text it is evaluated on."
+            )
+        if not is_language_model(model):
+            raise ValueError(
+                f"tuning matches a language model's predictions, and "
+                f"{type(model).__name__} makes none: evaluate it without tuning."
+            )
     source = model.get_output_embeddings() if target == "output" else None
     source = source if source is not None else model.get_input_embeddings()
     matrix = source.weight.detach().float().cpu().numpy()
@@ -115,10 +131,28 @@ def evaluate(
     for method in methods:
         for ratio in ratios:
             row = {"method": method, "target": target, "requested_ratio": ratio}
+            tuning = None
+            if tune_steps:
+                tuning = dict(
+                    tokenizer=tokenizer,
+                    texts=calibration_texts,
+                    steps=tune_steps,
+                    random_state=options.get("seed", 0),
+                    progress=progress,
+                    log=log,
+                )
             try:
                 row.update(
                     _compressed(
-                        model, matrix, weight, method, ratio, target, options, measure
+                        model,
+                        matrix,
+                        weight,
+                        method,
+                        ratio,
+                        target,
+                        options,
+                        measure,
+                        tuning,
                     )
                 )
             except ValueError as exc:
@@ -131,14 +165,25 @@ def evaluate(
     return rows
 
 
-def _compressed(model, matrix, weight, method, ratio, target, options, measure):
-    """Fit a method at a ratio, patch the model with its table, measure, unpatch."""
+def _compressed(model, matrix, weight, method, ratio, target, options, measure, tuning):
+    """Fit a method at a ratio (and tune its table when ``tuning`` gives how), patch
+    the model with its table, measure, unpatch."""
     n_rows, n_features = matrix.shape
     compressor = build_compressor(method, n_rows, n_features, ratio, options)
     start = time.perf_counter()
     compressor.fit(matrix, sample_weight=weight)
-    fit_seconds = time.perf_counter() - start
     table = compressor.compress(matrix)
+    if tuning is not None:
+        tuning = dict(tuning)
+        log = tuning.pop("log")
+        report = tune_table(model, table=table, target=target, **tuning)
+        log(
+            f"{method} ratio {ratio}: tuned {report.n_steps} steps, held-out KL "
+            f"{report.initial_kl:.4g} -> {report.final_kl:.4g} (kept step "
+            f"{report.best_step})"
+        )
+        table = report.table
+    fit_seconds = time.perf_counter() - start
     with torch.no_grad():
         cosine = mean_cosine_similarity(matrix, table.decode().cpu().numpy())
     report = patch_embeddings(model, table, target=target)

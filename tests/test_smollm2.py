@@ -178,9 +178,9 @@ def test_tuning_lowers_smollm2s_divergence_on_held_out_and_other_text(smollm2):
         table,
         load_lee_text(),
         target="both",
-        steps=6,
-        eval_every=3,
-        max_tokens=768,
+        steps=4,
+        eval_every=2,
+        max_tokens=640,
         max_length=128,
         progress=False,
     )

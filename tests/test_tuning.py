@@ -166,6 +166,8 @@ def test_bad_inputs_are_named(tiny_llama, tiny_llama_untied, tiny_tokenizer):
         tune_table(LlamaModel(tiny_llama.config), tiny_tokenizer, table, TEXT)
     with pytest.raises(ValueError, match="needs a model whose head is tied"):
         tune_table(tiny_llama_untied, tiny_tokenizer, table, TEXT, target="both")
+    with pytest.raises(TypeError, match="table must be a CompressedTable"):
+        tune_table(tiny_llama, tiny_tokenizer, ScalarQuantizer(4).fit(X), TEXT)
     small = ScalarQuantizer(4).fit(X[:10]).compress(X[:10])
     with pytest.raises(ValueError, match="the compressed table is 10 x"):
         tune_table(tiny_llama, tiny_tokenizer, small, TEXT)

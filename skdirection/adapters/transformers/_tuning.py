@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ...codecs import CompressedTable
 from ._models import (
     check_vocabulary,
     language_model_kind,
@@ -28,7 +29,7 @@ from ._patch import TARGETS, patch_embeddings, patch_state, unpatch_embeddings
 from ._text import causal_windows, check_texts, collate, masked_blocks
 
 # The original model's log-probabilities are kept (float16) when they fit this.
-REFERENCE_BYTES = 2**30
+REFERENCE_BYTES = 2 * 2**30
 
 
 @dataclass
@@ -138,6 +139,8 @@ def tune_table(
     ValueError
         If the model is not a language model, is already patched, the table does not
         fit it, the text gives fewer than two windows, or a parameter is out of range.
+    TypeError
+        If ``table`` is not a :class:`~skdirection.CompressedTable`.
 
     Examples
     --------
@@ -150,6 +153,11 @@ def tune_table(
     )
     if max_tokens is not None and not (isinstance(max_tokens, int) and max_tokens >= 2):
         raise ValueError(f"max_tokens must be None or an integer >= 2, got {max_tokens!r}.")
+    if not isinstance(table, CompressedTable):
+        raise TypeError(
+            "table must be a CompressedTable (a fitted compressor's compress(matrix)), "
+            f"got {type(table).__name__}."
+        )
     texts = check_texts(texts)
     try:
         kind = language_model_kind(model, "auto")
@@ -195,6 +203,9 @@ def tune_table(
         for name, p in model.named_parameters():
             p.requires_grad_(requires_grad[name])
     best_state, history, best_step, n_steps, final_kl = tuned
+    if final_kl >= history[0][1]:
+        # Rounding the best tensors to their stored dtypes undid what they gained.
+        best_step = 0
     result = copy.deepcopy(table)
     if best_step:
         state = result.state_dict()

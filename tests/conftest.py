@@ -142,6 +142,20 @@ def tiny_llama_untied(tiny_tokenizer):
 
 
 @pytest.fixture
+def saved_tiny_llama(tiny_llama, tiny_tokenizer, tmp_path):
+    """``(folder, eval_text, calibration_text)``: the tiny model and its tokenizer saved
+    for the command line, TEXT to measure on, and TEXT's words reversed to calibrate on."""
+    folder = tmp_path / "tiny"
+    tiny_llama.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    text = tmp_path / "eval.txt"
+    text.write_text(TEXT)
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text(" ".join(reversed(TEXT.split())))
+    return folder, text, calibration
+
+
+@pytest.fixture
 def tiny_bert(tiny_tokenizer):
     import torch
     from transformers import BertConfig, BertForMaskedLM

@@ -139,21 +139,13 @@ def test_head_moment_is_the_second_moment_of_the_final_hidden_states(
 
 
 @pytest.mark.transformers
-def test_cli_calibration_text_fits_through_the_head_moment(
-    tiny_llama, tiny_tokenizer, tmp_path, capsys
-):
+def test_cli_calibration_text_fits_through_the_head_moment(saved_tiny_llama, capsys):
     import json
 
     from skdirection.adapters.transformers import head_moment, load_model
     from skdirection.cli import main
 
-    folder = tmp_path / "tiny"
-    tiny_llama.save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    text = tmp_path / "eval.txt"
-    text.write_text(TEXT)
-    calibration = tmp_path / "calibration.txt"
-    calibration.write_text(" ".join(reversed(TEXT.split())))
+    folder, text, calibration = saved_tiny_llama
     common = [
         "evaluate",
         "--model",

@@ -195,22 +195,14 @@ def test_the_reference_kept_or_recomputed_gives_the_same_tuning(
     assert recomputed.final_kl == pytest.approx(kept.final_kl, rel=1e-2)
 
 
-def test_the_command_tunes_as_the_python_api_does(
-    tiny_llama, tiny_tokenizer, tmp_path, capsys
-):
+def test_the_command_tunes_as_the_python_api_does(saved_tiny_llama, capsys):
     import json
 
     from skdirection.adapters.transformers import load_model, perplexity
     from skdirection.cli import main
     from skdirection.presets import DEFAULT_OPTIONS, build_compressor
 
-    folder = tmp_path / "tiny"
-    tiny_llama.save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    text = tmp_path / "eval.txt"
-    text.write_text(TEXT)
-    calibration = tmp_path / "calibration.txt"
-    calibration.write_text(" ".join(reversed(TEXT.split())))
+    folder, text, calibration = saved_tiny_llama
     command = [
         "evaluate",
         "--model",

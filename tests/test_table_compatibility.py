@@ -16,6 +16,11 @@ from .conftest import names
 
 FIXTURES = Path(__file__).parent / "data" / "tables_v1"
 DECODED = np.load(FIXTURES / "decoded.npz")
+# Decoders whose hidden layers sum products in the order the machine's BLAS kernel picks:
+# the same stored tensors decode to within a float32 rounding of their largest terms, not
+# bit for bit, from one CPU to another (on an AMD EPYC, 21% of autoencoder_hidden's
+# values differed by at most 1.2e-7 from those written on the machine that made them).
+SUMMED_BY_THE_MACHINES_BLAS = {"autoencoder_hidden"}
 
 
 @pytest.mark.parametrize("name", sorted(DECODED.files))
@@ -23,7 +28,10 @@ def test_saved_tables_decode_bit_identically(name):
     table = load_table(FIXTURES / f"{name}.safetensors")
     with torch.no_grad():
         decoded = table.decode().numpy()
-    np.testing.assert_array_equal(decoded, DECODED[name])
+    if name in SUMMED_BY_THE_MACHINES_BLAS:
+        np.testing.assert_allclose(decoded, DECODED[name], rtol=0, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(decoded, DECODED[name])
     rows = torch.tensor([[3, 0], [299, 7]])
     # A matrix product over a few rows may round differently from one over all of them.
     np.testing.assert_allclose(

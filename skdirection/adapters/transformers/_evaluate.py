@@ -128,19 +128,30 @@ def evaluate(
         "fit_seconds": 0.0,
     }
     rows = [_row(first, baseline, baseline)]
+    tune = None
+    if tune_steps:
+
+        def tune(table, label):
+            report = tune_table(
+                model,
+                tokenizer,
+                table,
+                calibration_texts,
+                target=target,
+                steps=tune_steps,
+                random_state=options.get("seed", 0),
+                progress=progress,
+            )
+            log(
+                f"{label}: tuned {report.n_steps} steps, held-out KL "
+                f"{report.initial_kl:.4g} -> {report.final_kl:.4g} (kept step "
+                f"{report.best_step})"
+            )
+            return report.table
+
     for method in methods:
         for ratio in ratios:
             row = {"method": method, "target": target, "requested_ratio": ratio}
-            tuning = None
-            if tune_steps:
-                tuning = dict(
-                    tokenizer=tokenizer,
-                    texts=calibration_texts,
-                    steps=tune_steps,
-                    random_state=options.get("seed", 0),
-                    progress=progress,
-                    log=log,
-                )
             try:
                 row.update(
                     _compressed(
@@ -152,7 +163,7 @@ def evaluate(
                         target,
                         options,
                         measure,
-                        tuning,
+                        tune,
                     )
                 )
             except ValueError as exc:
@@ -165,24 +176,16 @@ def evaluate(
     return rows
 
 
-def _compressed(model, matrix, weight, method, ratio, target, options, measure, tuning):
-    """Fit a method at a ratio (and tune its table when ``tuning`` gives how), patch
-    the model with its table, measure, unpatch."""
+def _compressed(model, matrix, weight, method, ratio, target, options, measure, tune):
+    """Fit a method at a ratio (and tune its table with ``tune(table, label)`` when
+    given), patch the model with its table, measure, unpatch."""
     n_rows, n_features = matrix.shape
     compressor = build_compressor(method, n_rows, n_features, ratio, options)
     start = time.perf_counter()
     compressor.fit(matrix, sample_weight=weight)
     table = compressor.compress(matrix)
-    if tuning is not None:
-        tuning = dict(tuning)
-        log = tuning.pop("log")
-        report = tune_table(model, table=table, target=target, **tuning)
-        log(
-            f"{method} ratio {ratio}: tuned {report.n_steps} steps, held-out KL "
-            f"{report.initial_kl:.4g} -> {report.final_kl:.4g} (kept step "
-            f"{report.best_step})"
-        )
-        table = report.table
+    if tune is not None:
+        table = tune(table, f"{method} ratio {ratio}")
     fit_seconds = time.perf_counter() - start
     with torch.no_grad():
         cosine = mean_cosine_similarity(matrix, table.decode().cpu().numpy())

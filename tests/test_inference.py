@@ -281,6 +281,7 @@ def test_integer_kernel_tiles_grow_with_torch_threads(monkeypatch, inference):
     ).n_fields
     monkeypatch.setattr(_table, "TILE_BYTES", 20 * n_fields)
     monkeypatch.setattr(_scalar_linear, "CHUNK_ROWS", 64)
+    monkeypatch.setitem(_scalar_linear._INT_MM_WORKS, "cpu", True)
     tiles = []
     int_mm = torch._int_mm
     monkeypatch.setattr(
@@ -387,6 +388,7 @@ def test_a_table_without_rows_gives_no_logits(empty):
 @pytest.mark.parametrize("n_rows", [50, 60])
 def test_integer_kernel_serves_tables_of_many_rows(monkeypatch, n_rows):
     monkeypatch.setattr(_scalar_linear, "INT_MIN_ROWS", 60)
+    monkeypatch.setitem(_scalar_linear._INT_MM_WORKS, "cpu", True)
     calls = []
     int_mm = torch._int_mm
     monkeypatch.setattr(
@@ -408,6 +410,43 @@ def test_integer_kernel_failure_falls_back(monkeypatch):
     hidden = torch.randn(1, N_FEATURES)
     _assert_logits_close(table.linear(hidden), F.linear(hidden, table.decode()))
     assert not _scalar_linear._INT_MM_WORKS["cpu"]
+
+
+@pytest.mark.parametrize("int_seconds, expected", [(0.5, True), (2.0, True), (2.5, False)])
+def test_integer_kernel_serves_only_where_it_is_fast(monkeypatch, int_seconds, expected):
+    # Measured once a device type: torch._int_mm at most INT_MM_MAX_SLOWDOWN (2) times
+    # slower than torch.mm on float copies of its operands; on an AVX2-only CPU it was
+    # 15 to 18x slower. Either way the logits are right.
+    timings = iter([int_seconds, 1.0])
+    monkeypatch.setattr(_scalar_linear, "_best_time", lambda operation: next(timings))
+    monkeypatch.setattr(_scalar_linear, "_INT_MM_WORKS", {})
+    calls = []
+    int_mm = torch._int_mm
+    monkeypatch.setattr(
+        torch, "_int_mm", lambda a, b, **kw: calls.append(1) or int_mm(a, b, **kw)
+    )
+    table = TABLES["int4-g32"](3000)
+    hidden = torch.randn(1, N_FEATURES)
+    _assert_logits_close(table.linear(hidden), F.linear(hidden, table.decode()))
+    assert _scalar_linear._INT_MM_WORKS == {"cpu": expected}
+    assert bool(calls) == expected
+    table.linear(hidden)  # not measured again: the timings would run out
+    assert _scalar_linear._INT_MM_WORKS == {"cpu": expected}
+
+
+def test_integer_kernel_probe_times_one_product_both_ways(monkeypatch):
+    results = []
+
+    def timed(operation):
+        results.append(operation())
+        return 1.0
+
+    monkeypatch.setattr(_scalar_linear, "_best_time", timed)
+    assert _scalar_linear._int_mm_is_fast_enough()
+    int_product, float_product = results
+    assert int_product.dtype == torch.int32
+    assert int_product.shape == float_product.shape == (1024, 16)
+    assert torch.equal(int_product.float(), float_product)  # exact: |sums| < 2**24
 
 
 def test_embedding_decodes_only_the_rows_looked_up(monkeypatch):

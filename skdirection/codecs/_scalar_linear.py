@@ -10,19 +10,21 @@ a run of one code's bits inside one byte times a power of two that the coefficie
 
 The dot products are taken one of two ways:
 
-- integer (on CPU, for a few rows of ``h``, as in generation, and tables of
-  :data:`INT_MIN_ROWS` rows or more): the fields are int8 and
+- integer (on a CPU where ``torch._int_mm`` is fast, for a few rows of ``h``, as in
+  generation, and tables of :data:`INT_MIN_ROWS` rows or more): the fields are int8 and
   ``h`` is written as :data:`DIGITS` int8 digits a group under a power-of-two scale;
   ``torch._int_mm`` gives the exact int32 dot product of every group with every digit,
   and one small float matmul combines them. Besides float32 rounding the only error is
   ``h``'s last digit: ``2**-27`` of a group's largest coefficient (at most 4 times its
   largest value).
-- float (prompts, other devices, or a torch without a working ``torch._int_mm``): the
-  fields as float32, scaled per group, times ``h`` by ``torch.mm``.
+- float (prompts, other devices, or a CPU or torch without a fast working
+  ``torch._int_mm``, see `_int_mm_pays`): the fields as float32, scaled per group,
+  times ``h`` by ``torch.mm``.
 """
 
 import math
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +50,17 @@ CHUNK_ROWS = 8192
 # a call, against 13.6 ms with one thread's tiles and 14.5 ms with the rows shared
 # among Python threads (whose many small ops wait on each other for the GIL).
 THREADED_TILE_FACTOR = 4
-# Set to False for a device type once torch._int_mm fails there.
-_INT_MM_WORKS = {"cpu": hasattr(torch, "_int_mm")}
+# Whether the integer path serves a device type: measured at first use on the CPU (see
+# `_int_mm_pays`), False elsewhere, and set to False once torch._int_mm fails.
+_INT_MM_WORKS = {}
+# torch._int_mm pays when it is at most this many times slower than torch.mm on float
+# copies of its operands: the float path converts and scales every field besides its
+# product. On CPUs with an int8 dot-product instruction (VNNI) it is faster than
+# torch.mm; on an AVX2-only AMD EPYC it was 15 to 18x slower, which made the integer
+# path 14 to 30x slower than the float one (int4 in groups of 32 on SmolLM2's table:
+# 1117 ms a call against 61 ms).
+INT_MM_MAX_SLOWDOWN = 2.0
+_PROBE_SHAPE = (1024, 512, 16)  # rows of fields, fields, columns of coefficients
 
 
 def _signed64(x):
@@ -307,9 +318,46 @@ def quantized_linear(table, h):
     t, G = h.shape[0], layout.n_groups
     few = t * DIGITS <= INT_MAX_COLUMNS if G == 1 else G * t <= INT_MAX_GROUP_COLUMNS
     many = table.num_embeddings >= INT_MIN_ROWS
-    if few and many and _INT_MM_WORKS.get(h.device.type, False):
+    if few and many and _int_mm_pays(h.device):
         try:
             return _linear_int(table, h, layout)
         except (RuntimeError, NotImplementedError):
             _INT_MM_WORKS[h.device.type] = False
     return _linear_float(table, h, layout)
+
+
+def _int_mm_pays(device):
+    """Whether the integer path serves ``device``: on the CPU, whether
+    ``torch._int_mm`` there is at most :data:`INT_MM_MAX_SLOWDOWN` times slower than
+    ``torch.mm`` on float copies of its operands (the best of three timings each,
+    measured once a process: a few milliseconds)."""
+    kind = device.type
+    if kind not in _INT_MM_WORKS:
+        _INT_MM_WORKS[kind] = kind == "cpu" and _int_mm_is_fast_enough()
+    return _INT_MM_WORKS[kind]
+
+
+def _int_mm_is_fast_enough():
+    if not hasattr(torch, "_int_mm"):
+        return False
+    rows, fields, columns = _PROBE_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (rows, fields), dtype=torch.int8, generator=generator)
+    b = torch.randint(-64, 65, (columns, fields), dtype=torch.int8, generator=generator).T
+    a_float, b_float = a.float(), b.float()
+    try:
+        int_seconds = _best_time(lambda: torch._int_mm(a, b))
+    except (RuntimeError, NotImplementedError):
+        return False
+    float_seconds = _best_time(lambda: torch.mm(a_float, b_float))
+    return int_seconds <= INT_MM_MAX_SLOWDOWN * float_seconds
+
+
+def _best_time(operation, repeats=3):
+    operation()  # the first call pays for set-up
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        operation()
+        best = min(best, time.perf_counter() - start)
+    return best

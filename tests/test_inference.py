@@ -480,3 +480,36 @@ def test_greedy_generation_matches_the_decoded_head(make, tiny_llama, tiny_token
     decoded_head.weight = nn.Parameter(table.decode(), requires_grad=False)
     model.lm_head = decoded_head
     torch.testing.assert_close(generate(), compressed, rtol=0, atol=0)
+
+
+def test_float_path_tiles_grow_with_torch_threads(monkeypatch):
+    # Without the integer kernel too, several threads share each op over tiles
+    # THREADED_TILE_FACTOR times larger; the logits are those of one thread.
+    monkeypatch.setitem(_scalar_linear._INT_MM_WORKS, "cpu", False)
+    sizes = []
+    row_tiles = _scalar_linear.row_tiles
+
+    def spy(*args, **kwargs):
+        tiles = row_tiles(*args, **kwargs)
+        sizes.append(tiles[0][1] - tiles[0][0])
+        return tiles
+
+    monkeypatch.setattr(_scalar_linear, "row_tiles", spy)
+    table = TABLES["int3-g32"](403)
+    n_fields = table._derived(
+        "fields",
+        lambda: _scalar_linear.FieldLayout(N_FEATURES, 3, 32, table.packed.device),
+    ).n_fields
+    monkeypatch.setattr(_table, "TILE_BYTES", 20 * 4 * n_fields)  # 20 float rows
+    hidden = torch.randn(1, N_FEATURES)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = table.linear(hidden)
+        torch.set_num_threads(3)
+        shared = table.linear(hidden)
+    finally:
+        torch.set_num_threads(threads)
+    assert sizes == [20, 20 * _scalar_linear.THREADED_TILE_FACTOR]
+    _assert_logits_close(shared, serial)
+    _assert_logits_close(serial, F.linear(hidden, table.decode()))

@@ -90,10 +90,11 @@ class StoredSize:
 NOTHING = StoredSize(0, 0)
 
 
-def row_tiles(n_rows, n_features, itemsize=4):
+def row_tiles(n_rows, n_features, itemsize=4, tile_bytes=None):
     """``(start, stop)`` of consecutive ranges of rows of ``n_features`` values of
-    ``itemsize`` bytes, about :data:`TILE_BYTES` a range."""
-    step = max(16, TILE_BYTES // (itemsize * max(n_features, 1)))
+    ``itemsize`` bytes, about ``tile_bytes`` (default :data:`TILE_BYTES`) a range."""
+    tile_bytes = TILE_BYTES if tile_bytes is None else tile_bytes
+    step = max(16, tile_bytes // (itemsize * max(n_features, 1)))
     return [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
 
 

@@ -1,5 +1,9 @@
 """scikit-learn's own estimator checks over every public estimator."""
 
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skdirection import (
@@ -55,3 +59,21 @@ def expected_failed_checks(estimator):
 @parametrize_with_checks(ESTIMATORS, expected_failed_checks=expected_failed_checks)
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("mode", [torch.inference_mode, torch.no_grad])
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)
+def test_fit_under_inference_mode_matches_a_plain_fit(estimator, mode):
+    # Users fit beside a model they run under no_grad or inference_mode: training must
+    # still have gradients, and the k-means' worker threads (2 torch threads) the
+    # caller's mode. The stored table is the plain fit's.
+    X = np.random.RandomState(0).normal(size=(300, 6)).astype(np.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = clone(estimator).fit(X).compress(X).decode()
+        with mode():
+            table = clone(estimator).fit(X).compress(X)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(table.decode(), expected)

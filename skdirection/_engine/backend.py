@@ -1,5 +1,6 @@
 """Torch backend: device resolution, tensor conversion and chunked row mapping."""
 
+import functools
 import mmap
 
 import numpy as np
@@ -50,6 +51,19 @@ def inference_device(device):
         return resolve_device(device)
     except ValueError:
         return torch.device("cpu")
+
+
+def with_autograd(method):
+    """``method`` run with gradients on, whatever the caller's ``torch.no_grad`` or
+    ``torch.inference_mode``: a network trained there would have no gradients, or
+    parameters that cannot be updated in place."""
+
+    @functools.wraps(method)
+    def wrapped(*args, **kwargs):
+        with torch.inference_mode(False), torch.enable_grad():
+            return method(*args, **kwargs)
+
+    return wrapped
 
 
 def torch_generator(random_state, device):

@@ -226,9 +226,17 @@ def _block_mapper(device):
         ]
         return
     pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,))
+    # The workers take the caller's modes: tensors made under inference mode cannot be
+    # updated in place outside it.
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def in_modes(function, j, args):
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return function(j, *args)
+
     try:
         yield lambda function, n_blocks, *args: list(
-            pool.map(lambda j: function(j, *args), range(n_blocks))
+            pool.map(lambda j: in_modes(function, j, args), range(n_blocks))
         )
     finally:
         pool.shutdown()

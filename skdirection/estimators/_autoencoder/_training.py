@@ -13,7 +13,7 @@ from ..._engine.autoencoder import (
     normalised_row_weight,
     to_numpy,
 )
-from ..._engine.backend import RowSource, resolve_device, torch_generator
+from ..._engine.backend import RowSource, resolve_device, torch_generator, with_autograd
 from ..._engine.losses import annealed_power, direction_loss
 from ..._engine.training import ShuffledBatches, Trainer, train
 
@@ -22,6 +22,7 @@ class DirectionTraining:
     """Training of :class:`DirectionAutoEncoder`, kept apart from what the estimator
     is (its parameters, transform and stored table)."""
 
+    @with_autograd
     def partial_fit(self, X, y=None, sample_weight=None):
         """One epoch over the rows of ``X``, continuing from the previous call.
 
@@ -119,6 +120,7 @@ class DirectionTraining:
             return "random" if hidden else "svd"
         return self.init
 
+    @with_autograd
     def _fit_source(
         self, source, weight, *, max_iter=None, reduce=None, wrap=None, row_weight=None
     ):

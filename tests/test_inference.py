@@ -336,7 +336,7 @@ def test_product_codes_gathered_by_threads_match_the_decoded_table(
     # or for a table below _THREADED_MIN_ROWS rows, tiles of _GATHER_ROWS on this
     # thread; the same logits as the decoded table. With a gradient to track, the
     # look-up tables are summed by embedding_bag instead, same values.
-    from skdirection.codecs import product
+    from skdirection.codecs import _table, product
 
     generator = torch.Generator().manual_seed(0)
     n_blocks = -(-64 // block_size)
@@ -345,13 +345,13 @@ def test_product_codes_gathered_by_threads_match_the_decoded_table(
     table = product.ProductQuantizedTable(codes, codebooks, 64)
     hidden = torch.randn(1, 64, generator=generator)
     expected = F.linear(hidden, table.decode())
-    monkeypatch.setattr(product, "_THREADED_GATHER_ROWS", 16)
-    monkeypatch.setattr(product, "_GATHER_ROWS", 50)
-    monkeypatch.setattr(product, "_THREADED_MIN_ROWS", threaded_min_rows)
+    monkeypatch.setattr(_table, "_THREADED_GATHER_ROWS", 16)
+    monkeypatch.setattr(_table, "_GATHER_ROWS", 50)
+    monkeypatch.setattr(_table, "_THREADED_MIN_ROWS", threaded_min_rows)
     parts = []
-    rows_in_threads = product.rows_in_threads
+    rows_in_threads = _table.rows_in_threads
     monkeypatch.setattr(
-        product,
+        _table,
         "rows_in_threads",
         lambda f, n, tile, max_threads: (
             parts.append((tile, max_threads)) or rows_in_threads(f, n, tile, max_threads)
@@ -484,7 +484,8 @@ def test_greedy_generation_matches_the_decoded_head(make, tiny_llama, tiny_token
 
 def test_float_path_tiles_grow_with_torch_threads(monkeypatch):
     # Without the integer kernel too, several threads share each op over tiles
-    # THREADED_TILE_FACTOR times larger; the logits are those of one thread.
+    # THREADED_TILE_FACTOR times larger; the logits are those of one thread. Two rows of
+    # hidden states: one would take the byte look-up tables.
     monkeypatch.setitem(_scalar_linear._INT_MM_WORKS, "cpu", False)
     sizes = []
     row_tiles = _scalar_linear.row_tiles
@@ -501,7 +502,7 @@ def test_float_path_tiles_grow_with_torch_threads(monkeypatch):
         lambda: _scalar_linear.FieldLayout(N_FEATURES, 3, 32, table.packed.device),
     ).n_fields
     monkeypatch.setattr(_table, "TILE_BYTES", 20 * 4 * n_fields)  # 20 float rows
-    hidden = torch.randn(1, N_FEATURES)
+    hidden = torch.randn(2, N_FEATURES)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -513,3 +514,73 @@ def test_float_path_tiles_grow_with_torch_threads(monkeypatch):
     assert sizes == [20, 20 * _scalar_linear.THREADED_TILE_FACTOR]
     _assert_logits_close(shared, serial)
     _assert_logits_close(serial, F.linear(hidden, table.decode()))
+
+
+@pytest.mark.parametrize(
+    "bits, n_features, group, expected_path",
+    [
+        *((bits, 64, 32, "lut") for bits in (2, 3)),  # rows of whole 64-bit words
+        *((bits, 19, None, "lut") for bits in (2, 3)),  # a group a row, last byte padded
+        (2, 60, 12, "lut"),  # groups of 3 bytes, rows cut byte by byte
+        (3, 48, 8, "lut"),
+        (3, 60, 12, "float"),  # 36 bits: groups that end inside a byte
+        (2, 60, 10, "float"),
+        (4, 64, 32, "float"),  # two fields a byte: the float path is as fast
+    ],
+)
+@pytest.mark.parametrize("threaded", [False, True])
+def test_one_hidden_state_takes_byte_lookup_tables(
+    monkeypatch, bits, n_features, group, expected_path, threaded
+):
+    # One row of h on the CPU without the integer kernel: a gather of every byte's dot
+    # product from a 256-entry table and a weighted sum a group, where a group covers
+    # whole bytes; the same logits as the decoded table. Threaded: tiles of 16 rows
+    # shared among 3 threads, the last ragged.
+    monkeypatch.setitem(_scalar_linear._INT_MM_WORKS, "cpu", False)
+    if threaded:
+        monkeypatch.setattr(_table, "_THREADED_MIN_ROWS", 0)
+        monkeypatch.setattr(_table, "_THREADED_GATHER_ROWS", 16)
+    paths = []
+    for name in ("lut", "float"):
+        original = getattr(_scalar_linear, f"_linear_{name}")
+        monkeypatch.setattr(
+            _scalar_linear,
+            f"_linear_{name}",
+            functools.partial(
+                lambda name, original, *args: paths.append(name) or original(*args),
+                name,
+                original,
+            ),
+        )
+    table = _scalar(203, bits, group, d=n_features)
+    hidden = torch.randn(1, n_features, generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3 if threaded else 1)
+    try:
+        logits = table.linear(hidden)
+    finally:
+        torch.set_num_threads(threads)
+    assert paths == [expected_path]
+    _assert_logits_close(logits, F.linear(hidden, table.decode()))
+
+
+def test_byte_lookup_tables_serve_only_one_hidden_state_without_gradient(monkeypatch):
+    monkeypatch.setitem(_scalar_linear._INT_MM_WORKS, "cpu", False)
+    calls = []
+    original = _scalar_linear._linear_lut
+    monkeypatch.setattr(
+        _scalar_linear, "_linear_lut", lambda *args: calls.append(1) or original(*args)
+    )
+    table = TABLES["int3-g32"](300)
+    int8 = TABLES["int8-row"](300)
+    hidden = torch.randn(2, N_FEATURES)
+    tracked = hidden[:1].clone().requires_grad_(True)
+    for tab, h in ((table, hidden), (table, tracked), (int8, hidden[:1])):
+        logits = tab.linear(h)
+        _assert_logits_close(logits.detach(), F.linear(h.detach(), tab.decode()))
+    assert calls == []
+    before = table.derived_bytes
+    table.linear(hidden[:1])
+    assert calls == [1]
+    n_fields = table._derived("fields", None).n_fields
+    assert table.derived_bytes == before + 256 * n_fields * 4  # kept, and counted

@@ -18,27 +18,15 @@ from ._table import (
     StoredSize,
     dtype_name,
     frozen,
+    gathered_sums,
     register_table,
     row_tiles,
-    rows_in_threads,
 )
 
 MAX_CENTROIDS = 256  # one uint8 code a block
 # Rows of hidden states up to which logits come from look-up tables: those cost
 # n_rows * n_blocks additions a row of h, where decoded tiles cost a matmul at BLAS speed.
 LUT_MAX_ROWS = 16
-# Rows whose look-up table entries one hidden state gathers at a time: the indices and
-# the values gathered (2 * 4 bytes a code) stay in a core's L2 cache. With the tiles
-# shared among Python threads, larger ones make fewer ops, each a wait for the GIL: on
-# SmolLM2's table at two threads, just after a parallel op, 11.7 ms (blocks of 2) and
-# 6.8 ms (blocks of 4) a call in tiles of 1024 rows, 12.1 and 7.9 ms in halves of 256.
-_GATHER_ROWS = 256
-_THREADED_GATHER_ROWS = 1024
-# Fewer rows take one thread: a pool thread then costs more than it saves (in a mix, a
-# part of 7699 rows in blocks of 4 took 3.8 ms at two threads just after a part of 39602
-# rows in blocks of 2, 1.5 ms at one), as it waits for the GIL held by a thread that an
-# OpenMP thread, still spinning after torch's last parallel op, has pushed off its core.
-_THREADED_MIN_ROWS = 16384
 
 
 def n_blocks(n_features, block_size):
@@ -110,7 +98,7 @@ class ProductQuantizedTable(CompressedTable):
         matmul, ``n_blocks * n_centroids * t`` floats), then ``logits[v] = sum_j
         lut[j, codes[v, j]]`` by ``embedding_bag`` over indices ``codes + n_centroids
         * j`` made a tile at a time (kept, they would cost 4 bytes a code); for one
-        hidden state on the CPU, by a gather and a sum (see `_gathered_sums`).
+        hidden state on the CPU, by a gather and a sum (see `gathered_sums`).
         """
         t, d = h.shape
         if t > LUT_MAX_ROWS:
@@ -121,7 +109,7 @@ class ProductQuantizedTable(CompressedTable):
         lut = torch.bmm(self.codebooks.float(), blocks).view(m * k, t)
         shift = torch.arange(0, m * k, k, dtype=torch.int32, device=h.device)
         if t == 1 and h.device.type == "cpu" and not lut.requires_grad:
-            return self._gathered_sums(lut.view(-1), shift)[None]
+            return gathered_sums(self.codes, lut.view(-1), shift)[None]
         tiles = row_tiles(V, m)  # int32 indices, a tile's bytes
         index = torch.empty(
             tiles[0][1] if tiles else 0, m, dtype=torch.int32, device=h.device
@@ -130,29 +118,6 @@ class ProductQuantizedTable(CompressedTable):
         for start, stop in tiles:
             rows = index[: stop - start].copy_(self.codes[start:stop]).add_(shift)
             out[:, start:stop] = F.embedding_bag(rows, lut, mode="sum").T
-        return out
-
-    def _gathered_sums(self, lut, shift):
-        """``logits[v] = sum_j lut[codes[v, j] + shift[j]]`` for one hidden state on
-        the CPU: a gather and a row sum a tile of rows, the tiles shared among torch's
-        threads, each running on one. On SmolLM2's table in blocks of 2 at 1 thread,
-        17 ms a call against 26 ms for ``embedding_bag`` (a bag of one-value vectors
-        pays per lookup what a gather pays per tile)."""
-        V, m = self.codes.shape
-        out = lut.new_empty(V)
-        threaded = torch.get_num_threads() > 1 and V >= _THREADED_MIN_ROWS
-        tile = _THREADED_GATHER_ROWS if threaded else _GATHER_ROWS
-
-        def rows(tiles):
-            index = torch.empty(min(tile, V), m, dtype=torch.int32)
-            gathered = torch.empty(index.numel(), dtype=lut.dtype)
-            for first, last in tiles:
-                n = last - first
-                flat = torch.add(self.codes[first:last], shift, out=index[:n]).view(-1)
-                values = torch.index_select(lut, 0, flat, out=gathered[: n * m])
-                torch.sum(values.view(n, m), 1, out=out[first:last])
-
-        rows_in_threads(rows, V, tile, max_threads=None if threaded else 1)
         return out
 
     @property

@@ -225,7 +225,10 @@ def auto_compressor(n_rows, n_features, ratio, ratio_unit, *, search=False):
     if config is not None:
         return ScalarQuantizer(config[0], group_size=config[1])
     return FrequencyMixedCompressor(
-        ratio, ratio_unit=ratio_unit, projected_block_sizes=(2, 4) if search else ()
+        ratio,
+        ratio_unit=ratio_unit,
+        projected_block_sizes=(2, 4) if search else (),
+        keep_norms=not search,
     )
 
 

@@ -28,7 +28,9 @@ ESTIMATORS = [
     ScalarQuantizer(bits=4),
     ScalarQuantizer(bits=2, group_size=2),
     FrequencyMixedCompressor(ratio=1.5, ranks=(1,)),
-    FrequencyMixedCompressor(ratio=1.5, ranks=(1,), projected_block_sizes=(1,)),
+    FrequencyMixedCompressor(
+        ratio=1.5, ranks=(1,), projected_block_sizes=(1,), keep_norms=False
+    ),
     ProductQuantizer(block_size=2, device="cpu", random_state=0),
     ProductQuantizer(block_size=3, keep_norms=False, device="cpu", random_state=0),
     ProductQuantizer(block_size=1, n_components=1, device="cpu", random_state=0),

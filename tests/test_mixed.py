@@ -434,3 +434,31 @@ def test_projected_codes_where_the_variance_sits_in_few_directions():
     for bad in (0, 2.5):
         with pytest.raises(ValueError, match="projected_block_sizes must hold positive"):
             FrequencyMixedCompressor(8, projected_block_sizes=(bad,)).fit(X)
+
+
+def test_without_norms_the_codes_get_the_bytes():
+    # A table searched by cosine: the directions' codecs store no norm (2 bytes a row),
+    # so at the same ratio their rows get more codes and a lower weighted error; the
+    # stored table counts what it holds, and its rows' cosines are what the fit measured.
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(3000, 10)) @ rng.normal(size=(10, 48))
+    X = (X + 0.15 * rng.normal(size=X.shape)).astype(np.float32)
+    X *= rng.uniform(0.5, 2.0, size=(3000, 1)).astype(np.float32)
+    ratio, params = 32, dict(projected_block_sizes=(4,), random_state=0)
+    with_norms = FrequencyMixedCompressor(ratio, **params).fit(X)
+    without = FrequencyMixedCompressor(ratio, keep_norms=False, **params).fit(X)
+    assert without.weighted_cosine_distance_ < with_norms.weighted_cosine_distance_
+    table = without.compress(X)
+    assert table.n_bytes == without.stored_size_ and X.nbytes / table.n_bytes >= ratio
+    assert "NormScaledTable" not in repr(table)
+    decoded = table.decode().numpy()
+    np.testing.assert_allclose(
+        np.mean(1 - row_cosines(X, decoded)), without.weighted_cosine_distance_, atol=1e-4
+    )
+    # the directions' rows decode to about unit length, not to their norms
+    names = np.asarray(without.codecs_)[without.assignment_]
+    directions = np.char.startswith(names, "pq") | np.char.startswith(names, "rank")
+    assert directions.mean() > 0.5
+    lengths = np.linalg.norm(decoded[directions], axis=1)
+    assert abs(np.median(lengths) - 1) < 0.05 and lengths.max() < 1.2
+    assert np.median(np.linalg.norm(X[directions], axis=1)) > 10

@@ -84,7 +84,9 @@ class NormScaledCodec(Codec):
     Parameters
     ----------
     inner : Codec
-    norm_dtype : torch.dtype, default=torch.float16
+    norm_dtype : torch.dtype or None, default=torch.float16
+        ``None`` stores no norm: a row decodes to ``inner``'s reconstruction of its
+        unit direction, for a table searched by cosine, where lengths are never read.
     """
 
     def __init__(self, inner, norm_dtype=torch.float16):
@@ -98,6 +100,8 @@ class NormScaledCodec(Codec):
 
     def encode(self, rows):
         directions, norms = unit_rows(rows)
+        if self.norm_dtype is None:
+            return self.inner.encode(directions)
         return NormScaledTable(self.inner.encode(directions), norms.to(self.norm_dtype))
 
     def reconstruct(self, rows):
@@ -105,6 +109,8 @@ class NormScaledCodec(Codec):
         return self.inner.reconstruct(unit_rows(rows)[0])
 
     def row_size(self, n_features):
+        if self.norm_dtype is None:
+            return self.inner.row_size(n_features)
         return self.inner.row_size(n_features) + StoredSize.of_values(1, self.norm_dtype)
 
     def fixed_size(self, n_rows, n_features):

@@ -39,6 +39,11 @@ _REFIT_ITER = 4  # a refit starts from the codebooks it refines
 # block sizes.
 _REFINE_ITER = 2
 _REFINE_POINTS_PER_VALUE = 16
+# A searched table's projected codes (few candidates, rows that all take one of them):
+# on spaCy's word vectors at 32x without norms, 8 iterations and refits of 8 keep a 10-NN
+# overlap of 0.6510 where 4 keep 0.6488 (16: 0.6516), in 1.6x the time.
+_PROJECTED_KMEANS_ITER = 8
+_PROJECTED_REFIT_ITER = 8
 
 
 @dataclass
@@ -122,6 +127,12 @@ def _float_dtype(mix):
     return torch.float16 if mix.ratio_unit == "bytes" else torch.float32
 
 
+def _norm_dtype(mix):
+    """How the codecs of unit directions store each row's norm: not at all without
+    ``keep_norms``."""
+    return _float_dtype(mix) if mix.keep_norms else None
+
+
 class ExactFamily(CandidateFamily):
     """The row as it is: float16 under a bytes budget, float32 under a parameters one."""
 
@@ -153,7 +164,9 @@ class ProductFamily(CandidateFamily):
         dtype = _float_dtype(mix)
         block_sizes = sorted({int(b) for b in mix.block_sizes if 0 < int(b) < n_features})
         return [
-            NormScaledCodec(ProductCodec(b, MAX_CENTROIDS, dtype, _KMEANS_ITER), dtype)
+            NormScaledCodec(
+                ProductCodec(b, MAX_CENTROIDS, dtype, _KMEANS_ITER), _norm_dtype(mix)
+            )
             for b in block_sizes
         ]
 
@@ -179,6 +192,8 @@ class ProductFamily(CandidateFamily):
     def refine(self, codecs, rows, weight, generator):
         self.fit(codecs, rows, weight, generator, warm=True)
 
+    refit_iter = _REFIT_ITER
+
     def refit(self, codecs, rows, weight, members, generator):
         refitted, directions = [], None
         for codec, rows_of_codec in zip(codecs, members, strict=True):
@@ -194,7 +209,7 @@ class ProductFamily(CandidateFamily):
                 torch.from_numpy(weight[rows_of_codec]),
                 generator,
                 init=quantizer.codebooks,
-                n_iter=_REFIT_ITER,
+                n_iter=self.refit_iter,
             )
             refitted.append(codec)
         return refitted
@@ -226,7 +241,10 @@ class LowRankFamily(CandidateFamily):
         else:
             latent = DenseCodec(torch.float32)
         ranks = sorted({int(k) for k in mix.ranks if 0 < int(k) < n_features}, reverse=True)
-        return [NormScaledCodec(ProjectionCodec(k, latent, dtype), dtype) for k in ranks]
+        return [
+            NormScaledCodec(ProjectionCodec(k, latent, dtype), _norm_dtype(mix))
+            for k in ranks
+        ]
 
     def fit(self, codecs, rows, weight, generator):
         if not codecs:
@@ -264,8 +282,8 @@ class ProjectedProductFamily(ProductFamily):
         for b in sorted({int(b) for b in mix.projected_block_sizes if 0 < int(b)}):
             fitting = None
             for k in range(b, n_features, b):
-                latent = ProductCodec(b, MAX_CENTROIDS, dtype, _KMEANS_ITER)
-                codec = NormScaledCodec(ProjectionCodec(k, latent, dtype), dtype)
+                latent = ProductCodec(b, MAX_CENTROIDS, dtype, _PROJECTED_KMEANS_ITER)
+                codec = NormScaledCodec(ProjectionCodec(k, latent, dtype), _norm_dtype(mix))
                 size = codec.row_size(n_features).in_unit(unit) * n_rows
                 if size + codec.fixed_size(n_rows, n_features).in_unit(unit) > budget:
                     break
@@ -292,6 +310,8 @@ class ProjectedProductFamily(ProductFamily):
 
     # A refit fits the codebooks again on the projections of the rows that chose
     # them; the basis stays, and the codebooks' blocks with it.
+    refit_iter = _PROJECTED_REFIT_ITER
+
     def _quantizer(self, codec):
         return codec.inner.latent
 

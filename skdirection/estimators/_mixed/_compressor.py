@@ -98,6 +98,13 @@ class FrequencyMixedCompressor(TableCompressor):
         directions left out cost every row. On SmolLM2-135M without token counts at
         16x, it took every row for a lower cosine distance and multiplied perplexity by
         11.8 (input) where product quantization in blocks of 4 (15.2x) gives 1.18.
+    keep_norms : bool, default=True
+        Whether the candidates that code unit directions (product quantization, low
+        rank, projected product quantization) store each row's norm (2 bytes under a
+        bytes budget). ``False`` for a table searched by cosine, where lengths are never
+        read: those rows then decode to unit length (up to their codes' error), and
+        the bytes go to the codes. The exact and scalar candidates keep lengths either
+        way.
     n_refits : int, default=2
         Most times the low-rank basis and the codebooks are refitted on the rows
         assigned to them (each refit followed by a new assignment); the refits stop
@@ -206,6 +213,7 @@ class FrequencyMixedCompressor(TableCompressor):
         "block_sizes": ["array-like"],
         "ranks": ["array-like"],
         "projected_block_sizes": ["array-like"],
+        "keep_norms": ["boolean"],
         "n_refits": [Interval(Integral, 0, None, closed="left")],
         "weight_power": [Interval(Real, 0, None, closed="left")],
         "weight_floor": [Interval(Real, 0, None, closed="left")],
@@ -224,6 +232,7 @@ class FrequencyMixedCompressor(TableCompressor):
         block_sizes=(2, 4, 8, 16),
         ranks=(16, 32, 64, 128),
         projected_block_sizes=(),
+        keep_norms=True,
         n_refits=2,
         weight_power=0.5,
         weight_floor=0.5,
@@ -238,6 +247,7 @@ class FrequencyMixedCompressor(TableCompressor):
         self.block_sizes = block_sizes
         self.ranks = ranks
         self.projected_block_sizes = projected_block_sizes
+        self.keep_norms = keep_norms
         self.n_refits = n_refits
         self.weight_power = weight_power
         self.weight_floor = weight_floor

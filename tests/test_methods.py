@@ -108,8 +108,10 @@ def test_auto_mixes_beyond_and_projects_only_a_searched_table(ratio, unit):
     mixed = auto_compressor(49152, 576, ratio, unit)
     assert isinstance(mixed, FrequencyMixedCompressor)
     assert (mixed.ratio, mixed.ratio_unit, mixed.projected_block_sizes) == (ratio, unit, ())
+    assert mixed.keep_norms  # a model reads the rows' lengths
     searched = auto_compressor(49152, 576, ratio, unit, search=True)
     assert searched.projected_block_sizes == (2, 4)
+    assert not searched.keep_norms  # a cosine search does not
     options = {"ratio_unit": unit, "seed": 3, "search": True}
     registered = build_compressor("auto", 49152, 576, ratio, options)
     assert registered.get_params() == {**searched.get_params(), "random_state": 3}

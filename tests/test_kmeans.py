@@ -175,3 +175,47 @@ def test_cuda_matches_cpu_error():
     assert (codes == brute).float().mean() > 0.999
     cuda_error = weighted_error(blocks, cuda.cpu(), weight)
     assert cuda_error < 1.02 * weighted_error(blocks, cpu, weight)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_known_codes_spare_the_first_search_and_change_nothing(monkeypatch, threads):
+    # A refit starts from codebooks whose codes for the rows are known from encoding
+    # them: its first assignment takes those codes, and the codebooks come out the
+    # same as when it searches them (the weighted errors, which steer the step size,
+    # agree to rounding).
+    from skdirection._engine import kmeans
+
+    blocks = clustered_blocks(n_blocks=4, block_size=4)
+    weight = torch.rand(blocks.shape[1], generator=torch.Generator().manual_seed(2))
+    start = blocks[:, :64].clone()
+    codes = nearest_centroids(blocks, start)
+    searches = []
+    nearest = kmeans._nearest
+    monkeypatch.setattr(
+        kmeans, "_nearest", lambda *args: searches.append(1) or nearest(*args)
+    )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        searched, n_searched = fit(blocks, weight, 64, n_iter=4, init=start)
+        n_plain = len(searches)
+        searches.clear()
+        known, n_known = fit(blocks, weight, 64, n_iter=4, init=start, init_codes=codes)
+    finally:
+        torch.set_num_threads(previous)
+    assert n_known == n_searched == 4
+    assert n_plain == 4 * blocks.shape[0] and len(searches) == 3 * blocks.shape[0]
+    torch.testing.assert_close(known, searched, rtol=0, atol=1e-6)
+
+
+def test_known_codes_follow_the_training_sample():
+    # When the k-means trains on a weighted sample of the rows, the known codes are
+    # taken for the rows drawn: the same codebooks as searching them.
+    blocks = clustered_blocks(n_blocks=2, n=3000, block_size=2)
+    weight = torch.rand(blocks.shape[1], generator=torch.Generator().manual_seed(4))
+    start = blocks[:, :16].clone()
+    codes = nearest_centroids(blocks, start)
+    options = dict(n_iter=3, init=start, max_points_per_centroid=20)
+    searched, _ = fit(blocks, weight, 16, **options)
+    known, _ = fit(blocks, weight, 16, init_codes=codes, **options)
+    torch.testing.assert_close(known, searched, rtol=0, atol=1e-6)

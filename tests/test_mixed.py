@@ -462,3 +462,37 @@ def test_without_norms_the_codes_get_the_bytes():
     lengths = np.linalg.norm(decoded[directions], axis=1)
     assert abs(np.median(lengths) - 1) < 0.05 and lengths.max() < 1.2
     assert np.median(np.linalg.norm(X[directions], axis=1)) > 10
+
+
+def test_refits_reuse_the_measured_codes_and_get_the_same_mix(monkeypatch):
+    # The codes a product codec's rows got when it was measured are its refit's first
+    # assignment: the fitted mix is the one that searches them again.
+    from skdirection.codecs import ProductCodec
+    from skdirection.estimators._mixed._candidates import ProductFamily
+
+    rng = np.random.RandomState(1)
+    X = (rng.normal(size=(2000, 48)) @ rng.normal(size=(48, 48))).astype(np.float32)
+    counts = rng.zipf(1.5, size=2000).astype(float)
+    params = dict(ranks=(4,), bits=(4,), block_sizes=(2, 4), random_state=0)
+    given = []
+    fit = ProductCodec.fit
+
+    def spy(self, *args, init_codes=None, **kwargs):
+        given.append(init_codes is not None)
+        return fit(self, *args, init_codes=init_codes, **kwargs)
+
+    monkeypatch.setattr(ProductCodec, "fit", spy)
+    reused = FrequencyMixedCompressor(8, **params).fit(X, sample_weight=counts)
+    assert reused.n_refits_ >= 1 and any(given)
+    given.clear()
+    monkeypatch.setattr(
+        ProductFamily,
+        "reconstruct",
+        lambda self, codec, rows: (codec.reconstruct(rows), None),
+    )
+    searched = FrequencyMixedCompressor(8, **params).fit(X, sample_weight=counts)
+    assert not any(given)
+    np.testing.assert_array_equal(reused.assignment_, searched.assignment_)
+    assert reused.weighted_cosine_distance_ == pytest.approx(
+        searched.weighted_cosine_distance_, rel=1e-6
+    )

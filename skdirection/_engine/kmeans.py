@@ -73,6 +73,7 @@ def weighted_kmeans(
     generator,
     init=None,
     *,
+    init_codes=None,
     relax=2.0,
     max_points_per_centroid=256,
     progress=None,
@@ -99,6 +100,9 @@ def weighted_kmeans(
         On the CPU; draws the starting rows, the training sample and the clusters that
         empty ones split.
     init : float tensor of shape (n_blocks, n_centroids, block_size), default=None
+    init_codes : integer tensor of shape (n, n_blocks), default=None
+        The rows' nearest entries of ``init`` (from encoding them with it): the first
+        assignment takes them instead of searching again.
     relax : float, default=2.0
         Every update but the last moves a centroid ``relax`` times the way to the
         weighted mean of its rows (1 is plain Lloyd). Falls back to 1 once the weighted
@@ -122,6 +126,8 @@ def weighted_kmeans(
     weight = weight.to(device=device, dtype=torch.float64)
     if rows is not None:
         blocks = blocks[:, rows.to(device)]
+        if init_codes is not None:
+            init_codes = init_codes[rows.to(init_codes.device)]
     if init is not None:
         codebooks = init.to(device=device, dtype=torch.float32, copy=True)
     else:
@@ -134,7 +140,11 @@ def weighted_kmeans(
     with _block_mapper(device) as map_blocks:
         for iteration in range(n_iter):
             centroids = _augmented_codebooks(codebooks)
-            results = map_blocks(clusters.assign, blocks.shape[0], centroids, scratch)
+            if iteration == 0 and init is not None and init_codes is not None:
+                given = init_codes.to(device=device, dtype=torch.int32).T
+                results = map_blocks(clusters.take, blocks.shape[0], given, centroids)
+            else:
+                results = map_blocks(clusters.assign, blocks.shape[0], centroids, scratch)
             changed = sum(result[0] for result in results)
             error = sum(result[1] for result in results)
             means = clusters.means(codebooks)
@@ -352,6 +362,19 @@ class _Clusters:
             self._add(j, moved, codes, 1)
         self.codes[j].copy_(codes)
         return moved.numel(), error
+
+    def take(self, j, codes, centroids):
+        """Puts the rows of block ``j`` in the clusters ``codes[j]`` says (their nearest,
+        known already); returns what :meth:`assign` returns."""
+        x = self.blocks[j]
+        codes = codes[j]
+        rows = _augmented_rows(x, torch.empty(x.shape[0], x.shape[1] + 2, device=x.device))
+        chosen = centroids[j].T.index_select(0, codes)  # (n, block_size + 2)
+        distances = (rows * chosen).sum(1).clamp_min_(0)
+        moved = int((codes != self.codes[j]).sum())
+        self._add(j, None, codes, 1, reset=True)
+        self.codes[j].copy_(codes)
+        return moved, float(torch.dot(distances, self.weight32))
 
     def _add(self, j, rows, codes, sign, reset=False):
         """Adds (``sign`` 1) or takes away (-1) the ``rows`` of block ``j`` (all of them

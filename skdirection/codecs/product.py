@@ -192,14 +192,16 @@ class ProductCodec(Codec):
         generator=None,
         *,
         init=None,
+        init_codes=None,
         n_iter=None,
         max_points_per_centroid=256,
         progress=None,
     ):
-        """Learn the codebooks; ``init`` (codebooks) warm-starts a refit, the k-means
-        trains on at most ``max_points_per_centroid`` rows a centroid (drawn in
-        proportion to ``weight``) and advances ``progress`` (a tqdm bar) an
-        iteration."""
+        """Learn the codebooks; ``init`` (codebooks) warm-starts a refit, with
+        ``init_codes`` the rows' codes under them when known (see
+        :func:`weighted_kmeans`), the k-means trains on at most
+        ``max_points_per_centroid`` rows a centroid (drawn in proportion to ``weight``)
+        and advances ``progress`` (a tqdm bar) an iteration."""
         if weight is None:
             weight = torch.ones(rows.shape[0], dtype=torch.float64)
         weight = torch.as_tensor(weight, dtype=torch.float64)
@@ -210,6 +212,8 @@ class ProductCodec(Codec):
         )
         if sample is not None:
             rows = rows[sample.to(rows.device)]
+            if init_codes is not None:
+                init_codes = init_codes[sample.to(init_codes.device)]
         codebooks, self.n_iter_ = weighted_kmeans(
             blocked(rows, self.block_size),
             weight.to(rows.device),
@@ -217,6 +221,7 @@ class ProductCodec(Codec):
             self.n_iter if n_iter is None else n_iter,
             generator,
             None if init is None else init.float(),
+            init_codes=init_codes,
             max_points_per_centroid=None,
             progress=progress,
         )

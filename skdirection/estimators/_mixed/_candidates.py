@@ -14,7 +14,7 @@ from ...codecs import (
     ProjectionCodec,
     ScalarCodec,
 )
-from ...codecs.product import MAX_CENTROIDS
+from ...codecs.product import MAX_CENTROIDS, decode_blocks, encode_blocks
 
 _LATENT_BITS = 8
 # The first fit of the codebooks only has to rank the codecs for a first assignment, so
@@ -62,6 +62,9 @@ class Candidate:
         What the codec stores once if any row uses it (codebooks, a basis).
     distance : ndarray of shape (n_rows,)
         Cosine distance of every row to its reconstruction by the codec.
+    codes : tensor or None
+        What the family keeps of the rows' encoding for a refit (see
+        :meth:`CandidateFamily.reconstruct`).
     """
 
     codec: object
@@ -69,6 +72,7 @@ class Candidate:
     row_cost: float
     fixed_cost: float
     distance: np.ndarray
+    codes: object = None
 
     @property
     def name(self):
@@ -97,11 +101,17 @@ class CandidateFamily:
         mix's screen); by default, :meth:`fit` again."""
         self.fit(codecs, rows, weight, generator)
 
-    def refit(self, codecs, rows, weight, members, generator):
+    def reconstruct(self, codec, rows):
+        """The codec's reconstruction of the rows, and what a refit may reuse of their
+        encoding (``None`` by default)."""
+        return codec.reconstruct(rows), None
+
+    def refit(self, codecs, rows, weight, members, generator, codes=None):
         """Refit the codecs on the rows assigned to them (``members``: one boolean mask
-        a codec); return the codecs refitted (``True``: all of them; ``False`` or an
-        empty list: none). Codecs that learn nothing from the table keep the default:
-        nothing to refit."""
+        a codec; ``codes``: what :meth:`reconstruct` kept of every row, one a codec);
+        return the codecs refitted (``True``: all of them; ``False`` or an empty list:
+        none). Codecs that learn nothing from the table keep the default: nothing to
+        refit."""
         return []
 
     def learned(self, codecs):
@@ -194,9 +204,18 @@ class ProductFamily(CandidateFamily):
 
     refit_iter = _REFIT_ITER
 
-    def refit(self, codecs, rows, weight, members, generator):
+    def reconstruct(self, codec, rows):
+        # The codes of the rows' directions: a refit's first assignment (its rows'
+        # nearest entries of the codebooks it starts from) then searches nothing.
+        directions, _ = unit_rows(rows)
+        books = codec.inner.codebooks.to(rows.device)
+        codes = encode_blocks(directions, books)
+        return decode_blocks(codes, books, rows.shape[1]), codes.to(torch.uint8)
+
+    def refit(self, codecs, rows, weight, members, generator, codes=None):
         refitted, directions = [], None
-        for codec, rows_of_codec in zip(codecs, members, strict=True):
+        codes = [None] * len(codecs) if codes is None else codes
+        for codec, rows_of_codec, known in zip(codecs, members, codes, strict=True):
             if np.count_nonzero(weight[rows_of_codec]) < MAX_CENTROIDS:
                 continue
             if directions is None:
@@ -209,6 +228,7 @@ class ProductFamily(CandidateFamily):
                 torch.from_numpy(weight[rows_of_codec]),
                 generator,
                 init=quantizer.codebooks,
+                init_codes=None if known is None else known[chosen.to(known.device)],
                 n_iter=self.refit_iter,
             )
             refitted.append(codec)
@@ -254,7 +274,7 @@ class LowRankFamily(CandidateFamily):
         for codec in codecs[1:]:
             codec.inner.components = largest.inner.components[: codec.inner.n_components]
 
-    def refit(self, codecs, rows, weight, members, generator):
+    def refit(self, codecs, rows, weight, members, generator, codes=None):
         if not codecs:
             return []
         chosen = np.any(members, axis=0)
@@ -312,6 +332,9 @@ class ProjectedProductFamily(ProductFamily):
     # them; the basis stays, and the codebooks' blocks with it.
     refit_iter = _PROJECTED_REFIT_ITER
 
+    def reconstruct(self, codec, rows):
+        return codec.reconstruct(rows), None
+
     def _quantizer(self, codec):
         return codec.inner.latent
 
@@ -340,22 +363,26 @@ _DEVICE_MEASURE_VALUES = 1 << 26
 def measure(codec, family, rows, unit, n_rows):
     """A :class:`Candidate`: the codec's costs in ``unit`` and every row's distance."""
     n_features = rows.shape[1]
+    codes = None
     if codec.lossless:
         distance = np.zeros(rows.shape[0])
     else:
         chunk = rows_per_chunk(
             n_features, rows.device, _CPU_MEASURE_VALUES, _DEVICE_MEASURE_VALUES
         )
-        distance = np.concatenate(
-            [
-                (1 - row_cosine(part, codec.reconstruct(part))).double().cpu().numpy()
-                for part in rows.split(chunk)
-            ]
-        )
+        distances, kept = [], []
+        for part in rows.split(chunk):
+            reconstruction, part_codes = family.reconstruct(codec, part)
+            distances.append((1 - row_cosine(part, reconstruction)).double().cpu().numpy())
+            kept.append(part_codes)
+        distance = np.concatenate(distances)
+        if all(part_codes is not None for part_codes in kept):
+            codes = torch.cat(kept)
     return Candidate(
         codec,
         family,
         codec.row_size(n_features).in_unit(unit),
         codec.fixed_size(n_rows, n_features).in_unit(unit),
         distance,
+        codes,
     )

@@ -47,8 +47,9 @@ class FrequencyMixedCompressor(TableCompressor):
     Each candidate is fitted once: one basis serves every rank, the unit rows are made
     once for every block size, and the first k-means of a block size runs a few
     iterations on a weighted sample, enough to rank the codecs; the codebooks that rows
-    chose are refitted on all of those rows. Only the codecs refitted are measured
-    again, and the refits stop once the assignment stops changing.
+    chose are refitted on all of those rows, the first assignment of each refit taken
+    from the codes its rows got when the codec was measured. Only the codecs refitted
+    are measured again, and the refits stop once the assignment stops changing.
 
     A table of 32768 rows or more first screens the candidates on a sample of its rows
     (one in eight, at most 16384): every candidate is fitted and measured there and
@@ -403,7 +404,10 @@ class FrequencyMixedCompressor(TableCompressor):
         refitted = []
         for family, codecs in families:
             members = [assignment == self._index(candidates, c) for c in codecs]
-            changed = family.refit(codecs, rows, weight, members, generator)
+            codes = [candidates[self._index(candidates, c)].codes for c in codecs]
+            # A family that keeps no codes may predate the argument.
+            known = {"codes": codes} if any(c is not None for c in codes) else {}
+            changed = family.refit(codecs, rows, weight, members, generator, **known)
             refitted.extend(codecs if changed is True else changed or [])
         if not refitted:
             return candidates, assignment, False

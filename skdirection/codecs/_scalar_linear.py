@@ -62,13 +62,13 @@ _INT_MM_WORKS = {}
 # path 14 to 30x slower than the float one (int4 in groups of 32 on SmolLM2's table:
 # 1117 ms a call against 61 ms).
 INT_MM_MAX_SLOWDOWN = 2.0
-_PROBE_SHAPE = (1024, 512, 16)
+_PROBE_SHAPE = (1024, 512, 16)  # rows of fields, fields, columns of coefficients
 # One row of h gathers a value a byte of code from look-up tables (see `_linear_lut`)
 # where that beats the float path's product over every field: at 2 and 3 bits, whose
 # bytes hold 4 and 3 fields. On SmolLM2's table at two threads (AVX2-only AMD EPYC), in
 # groups of 32: 19 against 62 ms a call at 2 bits, 27 against 82 ms at 3; at 4 bits
 # (two fields a byte) 38 against 37 ms.
-LUT_MAX_BITS = 3  # rows of fields, fields, columns of coefficients
+LUT_MAX_BITS = 3
 
 
 def _signed64(x):

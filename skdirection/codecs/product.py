@@ -232,9 +232,13 @@ class ProductCodec(Codec):
         codes = encode_blocks(rows, self.codebooks.to(rows.device))
         return ProductQuantizedTable(codes, self.codebooks, rows.shape[1])
 
-    def reconstruct(self, rows):
+    def reconstruct(self, rows, return_codes=False):
+        """The rows decoded from their codes; with ``return_codes``, the uint8 codes
+        too."""
         books = self.codebooks.to(rows.device)
-        return decode_blocks(encode_blocks(rows, books), books, rows.shape[1])
+        codes = encode_blocks(rows, books)
+        decoded = decode_blocks(codes, books, rows.shape[1])
+        return (decoded, codes.to(torch.uint8)) if return_codes else decoded
 
     def row_size(self, n_features):
         blocks = n_blocks(n_features, self.block_size)

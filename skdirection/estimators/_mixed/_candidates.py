@@ -14,7 +14,7 @@ from ...codecs import (
     ProjectionCodec,
     ScalarCodec,
 )
-from ...codecs.product import MAX_CENTROIDS, decode_blocks, encode_blocks
+from ...codecs.product import MAX_CENTROIDS
 
 _LATENT_BITS = 8
 # The first fit of the codebooks only has to rank the codecs for a first assignment, so
@@ -207,10 +207,7 @@ class ProductFamily(CandidateFamily):
     def reconstruct(self, codec, rows):
         # The codes of the rows' directions: a refit's first assignment (its rows'
         # nearest entries of the codebooks it starts from) then searches nothing.
-        directions, _ = unit_rows(rows)
-        books = codec.inner.codebooks.to(rows.device)
-        codes = encode_blocks(directions, books)
-        return decode_blocks(codes, books, rows.shape[1]), codes.to(torch.uint8)
+        return codec.inner.reconstruct(unit_rows(rows)[0], return_codes=True)
 
     def refit(self, codecs, rows, weight, members, generator, codes=None):
         refitted, directions = [], None

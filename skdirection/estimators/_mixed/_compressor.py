@@ -403,8 +403,9 @@ class FrequencyMixedCompressor(TableCompressor):
         is whether the assignment moved."""
         refitted = []
         for family, codecs in families:
-            members = [assignment == self._index(candidates, c) for c in codecs]
-            codes = [candidates[self._index(candidates, c)].codes for c in codecs]
+            indices = [self._index(candidates, c) for c in codecs]
+            members = [assignment == i for i in indices]
+            codes = [candidates[i].codes for i in indices]
             # A family that keeps no codes may predate the argument.
             known = {"codes": codes} if any(c is not None for c in codes) else {}
             changed = family.refit(codecs, rows, weight, members, generator, **known)

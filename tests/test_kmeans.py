@@ -94,6 +94,28 @@ def test_nearest_centroids_matches_brute_force(n_centroids):
     assert torch.equal(codes, brute)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [3000, 9000])  # 9000: the blocks go to worker threads
+def test_nearest_centroids_returns_each_rows_squared_error(n, threads):
+    generator = torch.Generator().manual_seed(n)
+    blocks = torch.randn(3, n, 4, generator=generator)
+    codebooks = torch.randn(3, 256, 4, generator=generator)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        codes, errors = nearest_centroids(blocks, codebooks, return_errors=True)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(codes, nearest_centroids(blocks, codebooks))
+    squared = torch.cdist(blocks.double(), codebooks.double()) ** 2
+    assert torch.equal(codes, squared.argmin(dim=2).T)
+    exact = squared.min(dim=2).values.sum(dim=0)
+    assert errors.dtype == torch.float64
+    # Rounded down to the precision that ranks the distances (2 ** -15 relative), from
+    # float32 distances |x|^2 - 2 x.c + |c|^2.
+    torch.testing.assert_close(errors, exact, rtol=1e-4, atol=1e-6)
+
+
 def test_zero_weight_rows_do_not_move_centroids():
     blocks = clustered_blocks()
     weight = torch.rand(blocks.shape[1], generator=torch.Generator().manual_seed(0))

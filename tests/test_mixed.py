@@ -204,10 +204,10 @@ def test_rows_the_counts_never_saw_are_floored(data):
 
 @pytest.mark.parametrize("unit", ["bytes", "params"])
 def test_every_candidate_measures_what_its_table_decodes(embeddings, unit):
-    # The mix chooses codecs by the cosine error of codec.reconstruct: it must be the
-    # error of the table that codec.encode stores (its float16 bases included).
+    # The mix chooses codecs by the cosine errors its families measure: they must be
+    # the errors of the table that codec.encode stores (its float16 bases included).
     from skdirection._engine.numerics import row_cosine
-    from skdirection.estimators._mixed._candidates import CANDIDATE_FAMILIES
+    from skdirection.estimators._mixed._candidates import CANDIDATE_FAMILIES, measure
 
     mix = FrequencyMixedCompressor(4, ratio_unit=unit, block_sizes=(4,), ranks=(6, 3))
     rows = torch.from_numpy(embeddings)
@@ -218,9 +218,9 @@ def test_every_candidate_measures_what_its_table_decodes(embeddings, unit):
         codecs = family.codecs(mix, *rows.shape)
         family.fit(codecs, rows, weight, generator)
         for codec in codecs:
-            measured = row_cosine(codec.reconstruct(rows), rows)
-            stored = row_cosine(codec.encode(rows).decode(), rows)
-            torch.testing.assert_close(measured, stored, rtol=0, atol=1e-6)
+            measured = measure(codec, family, rows, unit, len(rows)).distance
+            stored = 1 - row_cosine(codec.encode(rows).decode(), rows).double()
+            np.testing.assert_allclose(measured, stored.numpy(), rtol=0, atol=1e-6)
             n_codecs += 1
     assert n_codecs >= 4
 
@@ -468,7 +468,7 @@ def test_refits_reuse_the_measured_codes_and_get_the_same_mix(monkeypatch):
     # The codes a product codec's rows got when it was measured are its refit's first
     # assignment: the fitted mix is the one that searches them again.
     from skdirection.codecs import ProductCodec
-    from skdirection.estimators._mixed._candidates import ProductFamily
+    from skdirection.estimators._mixed._candidates import CandidateFamily, ProductFamily
 
     rng = np.random.RandomState(1)
     X = (rng.normal(size=(2000, 48)) @ rng.normal(size=(48, 48))).astype(np.float32)
@@ -485,11 +485,7 @@ def test_refits_reuse_the_measured_codes_and_get_the_same_mix(monkeypatch):
     reused = FrequencyMixedCompressor(8, **params).fit(X, sample_weight=counts)
     assert reused.n_refits_ >= 1 and any(given)
     given.clear()
-    monkeypatch.setattr(
-        ProductFamily,
-        "reconstruct",
-        lambda self, codec, rows: (codec.reconstruct(rows), None),
-    )
+    monkeypatch.setattr(ProductFamily, "distances", CandidateFamily.distances)
     searched = FrequencyMixedCompressor(8, **params).fit(X, sample_weight=counts)
     assert not any(given)
     np.testing.assert_array_equal(reused.assignment_, searched.assignment_)

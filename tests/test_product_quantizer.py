@@ -34,6 +34,25 @@ def test_nearest_centroids_matches_brute_force():
     assert torch.equal(codes, brute)
 
 
+@pytest.mark.parametrize("block_size", [4, 5])  # 5 leaves a ragged last block
+def test_cosine_distances_are_those_of_the_decoded_rows(X, block_size):
+    from skdirection._engine.numerics import row_cosine
+    from skdirection.codecs import ProductCodec
+
+    rows = torch.from_numpy(X)
+    rows[:3] = 0  # zero rows: cosine distance 1 to a non-zero decoding
+    codec = ProductCodec(block_size, 64, torch.float16, 4)
+    codec.fit(rows, generator=torch.Generator().manual_seed(0))
+    codec.codebooks[-1, :, 4:] = 3  # padding columns the decoded rows drop
+    distances, codes = codec.cosine_distances(rows)
+    decoded, expected_codes = codec.reconstruct(rows, return_codes=True)
+    assert torch.equal(codes, expected_codes)
+    expected = 1 - row_cosine(rows.double(), decoded.double())
+    # The search's float32 distances |x|^2 - 2 x.c + |c|^2 round more than a decoding.
+    torch.testing.assert_close(distances, expected, rtol=0, atol=1e-5)
+    assert bool((distances[:3] == 1).all())
+
+
 @pytest.mark.parametrize("keep_norms", [True, False])
 @pytest.mark.parametrize("block_size", [2, 5])  # 5 leaves a ragged last block
 def test_transform_inverse_matches_table_and_save_load(X, tmp_path, keep_norms, block_size):

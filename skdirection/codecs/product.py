@@ -235,13 +235,9 @@ class ProductCodec(Codec):
         codes = encode_blocks(rows, self.codebooks.to(rows.device))
         return ProductQuantizedTable(codes, self.codebooks, rows.shape[1])
 
-    def reconstruct(self, rows, return_codes=False):
-        """The rows decoded from their codes; with ``return_codes``, the uint8 codes
-        too."""
+    def reconstruct(self, rows):
         books = self.codebooks.to(rows.device)
-        codes = encode_blocks(rows, books)
-        decoded = decode_blocks(codes, books, rows.shape[1])
-        return (decoded, codes.to(torch.uint8)) if return_codes else decoded
+        return decode_blocks(encode_blocks(rows, books), books, rows.shape[1])
 
     def cosine_distances(self, rows):
         """Each row's cosine distance to its decoding, and its uint8 codes, without

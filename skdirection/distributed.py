@@ -36,6 +36,7 @@ preserves.
 
 import argparse
 import ast
+import gc
 import os
 
 import numpy as np
@@ -95,6 +96,9 @@ def fit_distributed(path, estimator, sample_weight=None):
             wrap=wrap,
         )
     finally:
+        # DistributedDataParallel sits in reference cycles: free it while its process
+        # group lives, not at a later collection or at exit, where gloo aborts.
+        gc.collect()
         if owns_group:
             dist.destroy_process_group()
     return estimator

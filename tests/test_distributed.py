@@ -1,16 +1,21 @@
 """One model trained data-parallel with torchrun (gloo, 2 CPU processes on loopback)."""
 
+import gc
 import os
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import joblib
 import numpy as np
 import pytest
+import torch
+import torch.distributed as dist
 
 from skdirection import DirectionAutoEncoder
+from skdirection.distributed import fit_distributed
 
 pytestmark = pytest.mark.slow
 
@@ -180,3 +185,39 @@ def test_mini_batch_steps_keep_every_process_on_the_same_model(uneven):
     for name in ("encoder_coefs_", "decoder_coefs_", "decoder_intercepts_"):
         for a, b in zip(getattr(first, name), getattr(second, name), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_the_wrapped_model_is_freed_before_the_group_ends(monkeypatch, tmp_path):
+    """DistributedDataParallel sits in reference cycles; left to the garbage collector
+    it outlived the process group and gloo aborted the process at exit."""
+    np.save(tmp_path / "table.npy", np.random.RandomState(0).normal(size=(40, 6)))
+    for name, value in dict(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1"
+    ).items():
+        monkeypatch.setenv(name, value)
+    wrappers = []
+
+    class RecordedDDP(torch.nn.parallel.DistributedDataParallel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            wrappers.append(weakref.ref(self))
+
+    alive_at_destroy = []
+    destroy = dist.destroy_process_group
+
+    def recording_destroy(*args, **kwargs):
+        alive_at_destroy.extend(ref() is not None for ref in wrappers)
+        return destroy(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", RecordedDDP)
+    monkeypatch.setattr(dist, "destroy_process_group", recording_destroy)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        model = DirectionAutoEncoder(2, max_iter=2, device="cpu", random_state=0)
+        fit_distributed(tmp_path / "table.npy", model)
+    finally:
+        if collecting:
+            gc.enable()
+    assert alive_at_destroy == [False]
+    assert model.n_iter_ == 2

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor
+from skdirection import (
+    DirectionAutoEncoder,
+    FrequencyMixedCompressor,
+    ProductQuantizer,
+    ScalarQuantizer,
+    TruncatedSVDCompressor,
+)
 
 ESTIMATORS = [
     lambda **kw: DirectionAutoEncoder(
@@ -151,3 +157,53 @@ def test_subnormal_weights_weigh_like_any_positive_weights(name):
     tiny = make(**params).fit(rows, sample_weight=np.full(300, 5e-324))
     plain = make(**params).fit(rows)
     assert tiny.score(rows) == pytest.approx(plain.score(rows), rel=1e-6)
+
+
+# Estimators that store float16 numbers, with what they store in them.
+FLOAT16_STORES = {
+    "scalar": (lambda: ScalarQuantizer(4, device="cpu"), "scales"),
+    "product": (lambda: ProductQuantizer(2, device="cpu", random_state=0), "norms"),
+    # stores no value of the rows it encodes: only its fit is refused
+    "product without norms": (
+        lambda: ProductQuantizer(2, keep_norms=False, device="cpu", random_state=0),
+        "codebooks",
+    ),
+    "mix": (
+        lambda: FrequencyMixedCompressor(4, device="cpu", random_state=0),
+        "values and scales",
+    ),
+}
+TABLE = np.random.RandomState(0).normal(size=(300, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", FLOAT16_STORES)
+@pytest.mark.parametrize("scale, problem", [(1e-9, "below"), (1e5, "too large")])
+def test_a_table_beyond_float16_is_refused_not_zeroed(name, scale, problem):
+    """Before the check, a table of values near 1e-9 decoded to zero rows (a mean cosine
+    of 0, no error) and one near 1e5 failed with 'Input contains infinity'."""
+    make, stores = FLOAT16_STORES[name]
+    with pytest.raises(ValueError, match=f"{problem}.*float16 {stores}.*multiply X"):
+        make().fit(TABLE * np.float32(scale))
+    if name == "product without norms":
+        return
+    fitted = make().fit(TABLE)
+    assert fitted.score(TABLE) > 0.5
+    with pytest.raises(ValueError, match=f"{problem}.*float16 {stores}"):
+        fitted.compress(TABLE * np.float32(scale))
+
+
+@pytest.mark.parametrize("name", FLOAT16_STORES)
+def test_a_small_but_storable_table_keeps_its_directions(name):
+    """Values near 1e-5 still hold 8 significant bits in float16: accepted, and
+    compressed as well as the same table at unit scale."""
+    make, _ = FLOAT16_STORES[name]
+    small = TABLE * np.float32(2e-5)
+    assert make().fit(small).score(small) == pytest.approx(
+        make().fit(TABLE).score(TABLE), abs=2e-3
+    )
+
+
+def test_float32_storage_is_the_remedy_for_tiny_scalar_tables():
+    tiny = TABLE * np.float32(1e-9)
+    model = ScalarQuantizer(4, scale_dtype="float32", device="cpu").fit(tiny)
+    assert model.score(tiny) > 0.95

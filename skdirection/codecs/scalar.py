@@ -24,7 +24,6 @@ CLIP_RATIOS = tuple(1.0 - 0.05 * i for i in range(11))
 # SmolLM2-135M (perplexity on Hamlet) powers 2, 4 and 8 gave x1.069, x1.031, x1.023
 # for int4 per row and x1.267, x1.170, x1.162 for int2 in groups of 32.
 CLIP_ERROR_POWER = 8
-FLOAT16_MAX = 65504.0
 # Values quantized at once: the clipping search works on two float copies of them,
 # which on the CPU then stay in cache. On SmolLM2's table (int3, 1 and 2 threads),
 # 2**18 values quantize 1.15x faster than 2**17 and 1.2x faster than 2**20, where the

@@ -19,6 +19,7 @@ from .._engine.progress import progress_bar
 from ..codecs import NormScaledCodec, ProductCodec, ProjectionCodec
 from ..codecs.product import MAX_CENTROIDS, decode_blocks, encode_blocks, n_blocks
 from ._base import BaseCompressor
+from ._float16 import check_float16_magnitudes
 
 
 class ProductQuantizer(BaseCompressor):
@@ -51,12 +52,15 @@ class ProductQuantizer(BaseCompressor):
         Codebook vectors a block (at most 256: codes are one byte). Fewer are used when
         there are fewer rows.
     keep_norms : bool, default=True
-        Quantize unit directions and store each row's norm in float16.
+        Quantize unit directions and store each row's norm in float16 (tables with
+        norms above 65504, or all below ``2**-17``, are refused).
     max_iter : int, default=6
         Most iterations of Lloyd's algorithm. Every step but the last moves a centroid
         twice the way to the weighted mean of its rows (see Notes).
     codebook_dtype : {"float16", "float32"}, default="float16"
         Precision of the stored codebooks; codes are chosen against the rounded ones.
+        Without ``keep_norms``, float16 refuses tables whose values exceed 65504 or
+        all lie below ``2**-17`` in magnitude.
     device : str, default="auto"
         Torch device of the k-means: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     random_state : int, RandomState instance or None, default=None
@@ -199,6 +203,7 @@ class ProductQuantizer(BaseCompressor):
         """
         device = resolve_device(self.device)
         X = self._validate_rows(X, reset=True)
+        self._check_magnitudes(X, fitting=True)
         weight = self._check_sample_weight(sample_weight, X)
         d = X.shape[1]
         if self.n_components is not None and self.n_components > d:
@@ -239,7 +244,18 @@ class ProductQuantizer(BaseCompressor):
             codec.components = components
         return NormScaledCodec(codec) if self.keep_norms else codec
 
+    def _check_magnitudes(self, X, *, fitting=False):
+        """Whether float16 stores the norms of ``X`` (and, when ``fitting``, its
+        codebooks)."""
+        if self.keep_norms:
+            check_float16_magnitudes(X, "norms", "", kind="norms")
+        elif fitting and self.codebook_dtype == "float16":
+            check_float16_magnitudes(
+                X, "codebooks", "use codebook_dtype='float32'", kind="values"
+            )
+
     def _codes_and_norms(self, X):
+        self._check_magnitudes(X)
         device = inference_device(self.device)
         rows = float32_rows(X, device)
         rows, norms = unit_rows(rows) if self.keep_norms else (rows, None)
@@ -298,6 +314,7 @@ class ProductQuantizer(BaseCompressor):
         """
         check_is_fitted(self)
         X = self._validate_rows(X, reset=False)
+        self._check_magnitudes(X)
         rows = float32_rows(X)
         components = (
             None if self.components_ is None else torch.from_numpy(self.components_)

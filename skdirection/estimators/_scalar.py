@@ -9,8 +9,9 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._engine.backend import float32_rows, inference_device, resolve_device
-from ..codecs.scalar import FLOAT16_MAX, SUPPORTED_BITS, ScalarCodec, dequantize, n_groups
+from ..codecs.scalar import SUPPORTED_BITS, ScalarCodec, dequantize, n_groups
 from ._base import BaseCompressor
+from ._float16 import check_float16_magnitudes
 
 
 class ScalarQuantizer(BaseCompressor):
@@ -36,6 +37,8 @@ class ScalarQuantizer(BaseCompressor):
         group with fewer columns is allowed.
     scale_dtype : {"float16", "float32"}, default="float16"
         Precision of the stored scales and offsets (counted in the table's bytes).
+        float16 refuses tables whose values exceed 32752 or all lie below ``2**-17``
+        in magnitude.
     clip_search : bool, default=True
         Search each group's clipping range; ``False`` uses the plain ``[min, max]``.
     device : str, default="auto"
@@ -148,10 +151,9 @@ class ScalarQuantizer(BaseCompressor):
         )
 
     def _check_range(self, X):
-        if self.scale_dtype == "float16" and X.size and np.abs(X).max() > FLOAT16_MAX / 2:
-            raise ValueError(
-                f"X holds values beyond +-{FLOAT16_MAX / 2:g}, too large for float16 "
-                "scales; use scale_dtype='float32'."
+        if self.scale_dtype == "float16":
+            check_float16_magnitudes(
+                X, "scales", "use scale_dtype='float32'", kind="ranges"
             )
 
     def _quantize(self, X):

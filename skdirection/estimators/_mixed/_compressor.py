@@ -15,6 +15,7 @@ from ..._engine.progress import progress_bar
 from ...codecs import PartitionedTable
 from ...codecs.scalar import SUPPORTED_BITS
 from .._base import TableCompressor
+from .._float16 import check_float16_magnitudes
 from ._budget import BudgetUnreachable, assign, total_cost
 from ._candidates import CANDIDATE_FAMILIES, measure
 from ._screen import screened_codecs
@@ -74,7 +75,9 @@ class FrequencyMixedCompressor(TableCompressor):
         Target compression ratio: original float32 size over stored size.
     ratio_unit : {"bytes", "params"}, default="bytes"
         Whether ``ratio`` counts bytes, or parameters (the paper's metric; then every
-        codec stores float32 and scalar quantization is not a candidate).
+        codec stores float32 and scalar quantization is not a candidate). Under a
+        bytes budget the float16 values, scales and norms refuse tables whose values
+        exceed 32752 or norms 65504, or whose values all lie below ``2**-17``.
     bits : tuple of int, default=(8, 4, 3, 2)
         Bit widths of the scalar-quantization candidates (each in 8, 4, 3, 2).
     group_sizes : tuple of int or None, default=(None, 32)
@@ -305,6 +308,7 @@ class FrequencyMixedCompressor(TableCompressor):
         """
         self._check_lists()
         X = self._validate_rows(X, reset=True)
+        self._check_magnitudes(X)
         weight = self._row_weight(sample_weight, X)
         n, d = X.shape
         device = resolve_device(self.device)
@@ -453,6 +457,12 @@ class FrequencyMixedCompressor(TableCompressor):
                 f"{budget:.0f}; add smaller ranks or lower the ratio."
             ) from None
 
+    def _check_magnitudes(self, X):
+        if self.ratio_unit == "bytes":  # float16 values, scales and norms
+            check_float16_magnitudes(X, "values and scales", "", kind="ranges")
+            if self.keep_norms:
+                check_float16_magnitudes(X, "norms", "", kind="norms")
+
     def compress(self, X):
         """The stored table of ``X``, the table that was fitted.
 
@@ -473,6 +483,7 @@ class FrequencyMixedCompressor(TableCompressor):
                 f"X has {X.shape[0]} rows but the codecs were assigned to the "
                 f"{self.n_rows_} rows of the fitted table."
             )
+        self._check_magnitudes(X)
         rows = float32_rows(X)
         used = np.unique(self.assignment_)
         parts = [

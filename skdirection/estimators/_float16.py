@@ -13,7 +13,7 @@ import numpy as np
 FLOAT16_MAX = 65504.0
 # float16 keeps 11 significant bits down to 2**-14, 8 at 2**-17 and none below 2**-24.
 FLOAT16_TINY = 2.0**-17
-_NORM_CHUNK_ROWS = 1 << 16
+_NORM_CHUNK_VALUES = 1 << 22  # float64 squares taken at once: 32 MB
 
 
 def check_float16_magnitudes(X, stores, remedy, *, kind):
@@ -33,7 +33,7 @@ def check_float16_magnitudes(X, stores, remedy, *, kind):
     """
     if not X.size:
         return
-    largest = float(np.abs(X).max())
+    largest = max(float(X.max()), -float(X.min()))  # np.abs would copy the table
     rescale = "multiply X by a constant (directions do not change)"
     advice = f"{remedy}, or {rescale}" if remedy else rescale
     magnitude, what = largest, "absolute value"
@@ -58,8 +58,8 @@ def check_float16_magnitudes(X, stores, remedy, *, kind):
 
 
 def _largest_row_norm(X):
-    starts = range(0, len(X), _NORM_CHUNK_ROWS)
-    parts = (X[start : start + _NORM_CHUNK_ROWS] for start in starts)
+    rows = max(1, _NORM_CHUNK_VALUES // X.shape[1])
+    parts = (X[start : start + rows] for start in range(0, len(X), rows))
     return max(
         float(np.sqrt(np.square(part, dtype=np.float64).sum(axis=1)).max())
         for part in parts

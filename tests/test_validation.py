@@ -207,3 +207,9 @@ def test_float32_storage_is_the_remedy_for_tiny_scalar_tables():
     tiny = TABLE * np.float32(1e-9)
     model = ScalarQuantizer(4, scale_dtype="float32", device="cpu").fit(tiny)
     assert model.score(tiny) > 0.95
+
+
+def test_a_table_that_overflows_float32_training_names_the_scale():
+    huge = TABLE * np.float32(1e30)
+    with pytest.raises(FloatingPointError, match="lower learning_rate.*multiply X"):
+        DirectionAutoEncoder(2, max_iter=2, device="cpu", random_state=0).fit(huge)

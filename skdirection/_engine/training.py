@@ -135,7 +135,9 @@ class Trainer:
         if not math.isfinite(epoch_loss):
             raise FloatingPointError(
                 f"The training loss became {epoch_loss} at epoch {self.epoch}; "
-                "lower learning_rate."
+                "lower learning_rate, or multiply X by a constant if its values are "
+                "extreme (float32 squares overflow beyond about 1e19; directions do "
+                "not change)."
             )
         self.epoch += 1
         return epoch_loss

@@ -525,7 +525,9 @@ def test_float_path_tiles_grow_with_torch_threads(monkeypatch):
         (3, 48, 8, "lut"),
         (3, 60, 12, "float"),  # 36 bits: groups that end inside a byte
         (2, 60, 10, "float"),
-        (4, 64, 32, "float"),  # two fields a byte: the float path is as fast
+        (4, 64, 32, "lut"),  # two fields a byte
+        (4, 19, None, "lut"),
+        (4, 60, 9, "float"),
     ],
 )
 @pytest.mark.parametrize("threaded", [False, True])
@@ -539,7 +541,7 @@ def test_one_hidden_state_takes_byte_lookup_tables(
     monkeypatch.setitem(_scalar_linear._INT_MM_WORKS, "cpu", False)
     if threaded:
         monkeypatch.setattr(_table, "_THREADED_MIN_ROWS", 0)
-        monkeypatch.setattr(_table, "_THREADED_GATHER_ROWS", 16)
+        monkeypatch.setattr(_table, "_THREADED_COMBINE_ROWS", 16)
     paths = []
     for name in ("lut", "float"):
         original = getattr(_scalar_linear, f"_linear_{name}")

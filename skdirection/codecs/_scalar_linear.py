@@ -64,11 +64,13 @@ _INT_MM_WORKS = {}
 INT_MM_MAX_SLOWDOWN = 2.0
 _PROBE_SHAPE = (1024, 512, 16)  # rows of fields, fields, columns of coefficients
 # One row of h gathers a value a byte of code from look-up tables (see `_linear_lut`)
-# where that beats the float path's product over every field: at 2 and 3 bits, whose
-# bytes hold 4 and 3 fields. On SmolLM2's table at two threads (AVX2-only AMD EPYC), in
-# groups of 32: 19 against 62 ms a call at 2 bits, 27 against 82 ms at 3; at 4 bits
-# (two fields a byte) 38 against 37 ms.
-LUT_MAX_BITS = 3
+# where that beats the float path's product over every field: at 2, 3 and 4 bits, whose
+# bytes hold 4, 3 and 2 fields. On SmolLM2's table at two threads (AVX2-only AMD EPYC),
+# medians of 40 alternated calls: 30.0 against 97.3 ms at 3 bits and 36.7 against
+# 49.0 ms at 4 in groups of 32, 37.4 against 39.8 ms at 4 bits a row; earlier, 19
+# against 62 ms at 2 bits. At 8 bits (a field a byte) the float path converts the
+# bytes as they are.
+LUT_MAX_BITS = 4
 
 
 def _signed64(x):

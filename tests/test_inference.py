@@ -541,7 +541,7 @@ def test_one_hidden_state_takes_byte_lookup_tables(
     monkeypatch.setitem(_scalar_linear._INT_MM_WORKS, "cpu", False)
     if threaded:
         monkeypatch.setattr(_table, "_THREADED_MIN_ROWS", 0)
-        monkeypatch.setattr(_table, "_THREADED_COMBINE_ROWS", 16)
+        monkeypatch.setattr(_table, "_GROUP_GATHER_ROWS", 16)
     paths = []
     for name in ("lut", "float"):
         original = getattr(_scalar_linear, f"_linear_{name}")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _table
-from ._table import gathered_group_sums, row_tiles
+from ._table import row_tiles, weighted_group_sums
 
 DIGITS = 4
 # The integer path pays one int32 column per group, row of h and digit, and an epilogue
@@ -340,13 +340,13 @@ def _linear_lut(table, h, layout):
     """Logits for one row of ``h`` by byte look-up tables: ``h_g . code_vg`` is a sum
     of ``lut[j, packed[v, j]]`` over the bytes ``j`` of group ``g``, one gather a byte
     of code (as :class:`ProductQuantizedTable` gathers its codebooks' dot products),
-    summed a group at a time by the gather; then scaled and summed a row at a time."""
+    summed a group at a time by the gather, the sums weighted by the scales."""
     G, n_bytes = layout.n_groups, layout.n_bytes
     lut = _byte_luts(table, h, layout)
     hsum = group_sums(h, G, table.group_size)[0]
     shift = torch.arange(0, 256 * n_bytes, 256, dtype=torch.int32, device=h.device)
-    sums = gathered_group_sums(table.packed, lut, shift, n_bytes // G)
-    return sums.mul_(table.scales).sum(1).addmv_(table.offsets.float(), hsum)[None]
+    logits = weighted_group_sums(table.packed, lut, shift, table.scales)
+    return logits.addmv_(table.offsets.float(), hsum)[None]
 
 
 def quantized_linear(table, h):

@@ -217,16 +217,18 @@ def gathered_sums(codes, lut, shift):
     return out
 
 
-def gathered_group_sums(codes, lut, shift, group):
-    """``out[v, g] = sum_j lut[codes[v, j] + shift[j]]`` over the ``g``-th run of
-    ``group`` columns, for uint8 ``(V, m)`` codes on the CPU (``m`` a multiple of
-    ``group``): ``embedding_bag`` over bags of ``group`` indices, a tile of rows at a
-    time, the tiles shared among torch's threads. Summed in the gather, the values are
-    never written: on SmolLM2's table at 3 bits in groups of 32, 32.8 ms a call at one
-    thread against 55.6 ms for a gather, a product by the scales and a row sum."""
+def weighted_group_sums(codes, lut, shift, weight):
+    """``out[v] = sum_g weight[v, g] sum_j lut[codes[v, j] + shift[j]]``, ``j`` over
+    the ``g``-th of ``G`` equal runs of columns, for uint8 ``(V, m)`` codes and ``(V,
+    G)`` weights on the CPU: ``embedding_bag`` over bags of a run's indices, a tile of
+    rows at a time, the tiles shared among torch's threads. Summed in the gather, the
+    gathered values are never written: on SmolLM2's table at 3 bits in groups of 32
+    (the weights their scales), 32.8 ms a call at one thread against 55.6 ms for a
+    gather, a product by the scales and a row sum."""
     V, m = codes.shape
-    n_groups = m // group
-    out = lut.new_empty(V, n_groups)
+    n_groups = weight.shape[1]
+    group = m // n_groups
+    out = lut.new_empty(V)
     column = lut.view(-1, 1)
 
     def rows(tiles, tile):
@@ -234,7 +236,8 @@ def gathered_group_sums(codes, lut, shift, group):
         for first, last in tiles:
             n = last - first
             bags = _indices(codes[first:last], shift, index[:n]).view(n * n_groups, group)
-            out[first:last] = F.embedding_bag(bags, column, mode="sum").view(n, n_groups)
+            sums = F.embedding_bag(bags, column, mode="sum").view(n, n_groups)
+            torch.sum(sums.mul_(weight[first:last]), 1, out=out[first:last])
 
     _gather_tiles(rows, V, _GROUP_GATHER_ROWS, _GROUP_GATHER_ROWS)
     return out

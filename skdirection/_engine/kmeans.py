@@ -20,6 +20,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 from .backend import rows_per_chunk
@@ -107,8 +108,10 @@ def weighted_kmeans(
     repeated, when there are fewer). Stops early once no code changes. A centroid that
     loses all its rows of positive weight is re-seeded by splitting a cluster of two
     such rows or more, drawn with probability proportional to its weight, as faiss
-    does, except after the last update: the codebooks returned are the weighted means
-    of the clusters of the last assignment.
+    does. After the last update the drawn cluster keeps its centroid: the codebooks
+    returned are the weighted means of the clusters of the last assignment, and the
+    centroids of those left empty are copies of drawn means, a relative ``_SPLIT_EPS``
+    away, rather than wherever an over-relaxed step left them.
 
     Parameters
     ----------
@@ -173,6 +176,7 @@ def weighted_kmeans(
             if progress is not None:
                 progress.update()
             if changed == 0:
+                _split_empty(means, clusters.counts, clusters.mass, generator, last=True)
                 return means.to(dtype), iteration
             if error > previous_error:
                 relax = 1.0
@@ -181,6 +185,7 @@ def weighted_kmeans(
                 break  # a plain step, and no split that would move a mean
             codebooks = means if relax == 1.0 else codebooks + relax * (means - codebooks)
             _split_empty(codebooks, clusters.counts, clusters.mass, generator)
+    _split_empty(means, clusters.counts, clusters.mass, generator, last=True)
     return means.to(dtype), n_iter
 
 
@@ -319,31 +324,46 @@ def _initial_codebooks(blocks, weight, n_centroids, generator):
     return blocks[:, start.to(blocks.device)].float()
 
 
-def _split_empty(codebooks, counts, mass, generator):
+def _split_empty(codebooks, counts, mass, generator, *, last=False):
     """Re-seeds empty centroids in place, as faiss does: each becomes a copy of a
     cluster of two rows of positive weight or more, drawn with probability proportional
-    to its weight, the two copies pushed apart by a relative ``_SPLIT_EPS``."""
+    to its weight, the two copies pushed apart by a relative ``_SPLIT_EPS``; with
+    ``last``, the drawn centroid stays and only the copy moves.
+
+    The splits of a block follow one another (a cluster split once may be drawn
+    again, at half its weight), so they run in numpy: a torch call a step cost a few
+    microseconds each, thousands of times a fit."""
     empty = counts == 0
     if not bool(empty.any()):
         return
-    s = codebooks.shape[2]
-    sign = torch.ones(s, dtype=codebooks.dtype, device=codebooks.device)
+    blocks = empty.any(dim=1).nonzero()[:, 0]
+    empty = empty[blocks].cpu().numpy()
+    draws = torch.rand(int(empty.sum()), dtype=torch.float64, generator=generator)
+    draws = iter(draws.tolist())
+    books = codebooks[blocks].cpu().numpy()
+    sizes = counts[blocks].cpu().numpy()
+    weights = mass[blocks].clamp_min(0).cpu().numpy()
+    sign = np.ones(books.shape[2], dtype=books.dtype)
     sign[1::2] = -1
-    for j in empty.any(dim=1).nonzero()[:, 0].tolist():
-        size = counts[j].cpu().clone()
-        weight = mass[j].cpu().clamp_min(0)
-        for target in empty[j].nonzero()[:, 0].tolist():
-            candidates = torch.where(size > 1, weight, 0)
-            if not bool((candidates > 0).any()):
+    apart = (1 + _SPLIT_EPS * sign, 1 - _SPLIT_EPS * sign)
+    for book, size, weight, targets in zip(books, sizes, weights, empty, strict=True):
+        for target in np.flatnonzero(targets):
+            candidates = np.where(size > 1, weight, 0.0)
+            drawable = np.flatnonzero(candidates > 0)
+            if not drawable.size:
                 break
-            source = int(torch.multinomial(candidates, 1, generator=generator))
-            centre = codebooks[j, source].clone()
-            codebooks[j, target] = centre * (1 + _SPLIT_EPS * sign)
-            codebooks[j, source] = centre * (1 - _SPLIT_EPS * sign)
+            cumulative = np.cumsum(candidates)
+            source = np.searchsorted(cumulative, next(draws) * cumulative[-1], "right")
+            source = min(source, drawable[-1])
+            centre = book[source].copy()
+            book[target] = centre * apart[0]
+            if not last:
+                book[source] = centre * apart[1]
             size[target] = size[source] // 2
             size[source] -= size[target]
             weight[target] = weight[source] / 2
             weight[source] -= weight[target]
+    codebooks[blocks] = torch.from_numpy(books).to(codebooks.device)
 
 
 class _Clusters:
@@ -391,7 +411,7 @@ class _Clusters:
         x = self.blocks[j]
         codes = codes[j]
         rows = _augmented_rows(x, torch.empty(x.shape[0], x.shape[1] + 2, device=x.device))
-        chosen = centroids[j].T.index_select(0, codes)  # (n, block_size + 2)
+        chosen = centroids[j].T.contiguous().index_select(0, codes)  # (n, block_size + 2)
         distances = (rows * chosen).sum(1).clamp_min_(0)
         moved = int((codes != self.codes[j]).sum())
         self._add(j, None, codes, 1, reset=True)

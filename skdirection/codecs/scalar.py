@@ -99,19 +99,24 @@ def _quantize_rows(X, bits, group_size, scale_dtype, clip_search):
     best = torch.zeros(lo.shape, dtype=torch.long, device=X.device)
     if len(ratios) > 1:
         # The search keeps each group's best ratio only; the codes are made once, after.
-        spread = (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)[..., None]
+        # A value's error is its scale times its rounding error in steps, ``code - (x -
+        # offset) / scale``: the sum of powers is taken in steps, then scaled by the
+        # group's ``(scale / range) ** power`` (relative to the range, and in float64, so
+        # that the power cannot underflow).
+        steps = torch.empty_like(grouped)
         work = torch.empty_like(grouped)
         errors = torch.empty(scales.shape, dtype=torch.float32, device=X.device)
         all_s, all_o = scales.float()[..., None], offsets.float()[..., None]
         all_divisors = _nonzero_scales(all_s)
         for i in range(len(ratios)):
-            s, o = all_s[i], all_o[i]
-            _codes(grouped, all_divisors[i], o, levels, work).mul_(s).add_(o)
-            # Errors relative to the group's range, so that the power cannot underflow.
-            _power(work.sub_(grouped).div_(spread), CLIP_ERROR_POWER)
+            torch.sub(grouped, all_o[i], out=steps).div_(all_divisors[i])
+            torch.round(steps, out=work).clamp_(0, levels).sub_(steps)
+            _power(work, CLIP_ERROR_POWER)
             if pad:
                 work[:, -1, group_size - pad :] = 0
             torch.sum(work, dim=2, out=errors[i])
+        spread = (hi - lo).double().clamp_min(torch.finfo(torch.float64).tiny)
+        errors = errors.double() * (all_s[..., 0].double() / spread) ** CLIP_ERROR_POWER
         best = errors.min(dim=0).indices  # the first of equal errors: the widest range
     scale = scales.gather(0, best[None])[0]
     offset = offsets.gather(0, best[None])[0]

@@ -255,7 +255,7 @@ class ProductCodec(Codec):
         codes, errors = encode_blocks(rows, books, return_errors=True)
         squares = books.square()
         decoded = squares.sum(dim=2).gather(1, codes.T).sum(dim=0, dtype=torch.float64)
-        original = rows.double().square().sum(dim=1)
+        original = torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64).square()
         dots = (original + decoded - errors) / 2
         # The last block's padding columns (zero in the rows) fall out of the decoding.
         width = rows.shape[1] - (books.shape[0] - 1) * self.block_size

@@ -162,6 +162,7 @@ def weighted_kmeans(
     clusters = _Clusters(blocks, weight, n_centroids)
     scratch = _Scratch()
     previous_error = math.inf
+    n_run = n_iter
     with _block_mapper(device) as map_blocks:
         for iteration in range(n_iter):
             centroids = _augmented_codebooks(codebooks)
@@ -176,8 +177,8 @@ def weighted_kmeans(
             if progress is not None:
                 progress.update()
             if changed == 0:
-                _split_empty(means, clusters.counts, clusters.mass, generator, last=True)
-                return means.to(dtype), iteration
+                n_run = iteration
+                break
             if error > previous_error:
                 relax = 1.0
             previous_error = error
@@ -186,7 +187,7 @@ def weighted_kmeans(
             codebooks = means if relax == 1.0 else codebooks + relax * (means - codebooks)
             _split_empty(codebooks, clusters.counts, clusters.mass, generator)
     _split_empty(means, clusters.counts, clusters.mass, generator, last=True)
-    return means.to(dtype), n_iter
+    return means.to(dtype), n_run
 
 
 def _augmented_codebooks(codebooks):

@@ -109,7 +109,7 @@ def _quantize_rows(X, bits, group_size, scale_dtype, clip_search):
         all_s, all_o = scales.float()[..., None], offsets.float()[..., None]
         all_divisors = _nonzero_scales(all_s)
         for i in range(len(ratios)):
-            torch.sub(grouped, all_o[i], out=steps).div_(all_divisors[i])
+            _steps(grouped, all_divisors[i], all_o[i], steps)
             torch.round(steps, out=work).clamp_(0, levels).sub_(steps)
             _power(work, CLIP_ERROR_POWER)
             if pad:
@@ -130,10 +130,16 @@ def _scale_offset(lo, hi, ratio, levels, scale_dtype):
     return ((hi - lo) * ratio / levels).to(scale_dtype), (lo * ratio).to(scale_dtype)
 
 
+def _steps(grouped, divisor, o, out):
+    """``(grouped - o) / divisor`` into ``out``: the values in steps of the scale (see
+    `_nonzero_scales`), before rounding."""
+    return torch.sub(grouped, o, out=out).div_(divisor)
+
+
 def _codes(grouped, divisor, o, levels, out):
     """Codes (as floats) of ``grouped`` at offsets ``o`` and scales ``divisor`` (see
     `_nonzero_scales`), into ``out``."""
-    return torch.sub(grouped, o, out=out).div_(divisor).round_().clamp_(0, levels)
+    return _steps(grouped, divisor, o, out).round_().clamp_(0, levels)
 
 
 def _nonzero_scales(s):

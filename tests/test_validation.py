@@ -212,7 +212,59 @@ def test_float32_storage_is_the_remedy_for_tiny_scalar_tables():
     assert model.score(tiny) > 0.95
 
 
-def test_a_table_that_overflows_float32_training_names_the_scale():
-    huge = TABLE * np.float32(1e30)
-    with pytest.raises(FloatingPointError, match="lower learning_rate.*multiply X"):
-        DirectionAutoEncoder(2, max_iter=2, device="cpu", random_state=0).fit(huge)
+def test_a_loss_that_diverges_names_the_learning_rate():
+    model = DirectionAutoEncoder(2, max_iter=3, learning_rate=1e30, device="cpu")
+    with pytest.raises(FloatingPointError, match="became nan.*lower learning_rate"):
+        model.set_params(random_state=0).fit(TABLE)
+
+
+def _autoencoder(**params):
+    return DirectionAutoEncoder(2, max_iter=4, device="cpu", random_state=0, **params)
+
+
+@pytest.mark.parametrize("factor", [2.0**-40, 2.0**-9, 2.0**5, 2.0**90])
+@pytest.mark.parametrize(
+    "params", [{}, {"hidden_layer_sizes": (4,)}], ids=["linear", "hidden"]
+)
+def test_the_autoencoder_fits_a_rescaled_table_alike(factor, params):
+    """A table times a power of two gives the same model, its weights scaled, bit for
+    bit. Before the fit divided rows by their scale, the table times 2**-9 kept a mean
+    cosine of 0.17 against 0.51 (Adam moved the biases by far more than the values),
+    and times 2**90 failed with a nan loss (float32 squares overflowed)."""
+    base = _autoencoder(**params).fit(TABLE)
+    scaled = _autoencoder(**params).fit(TABLE * np.float32(factor))
+    np.testing.assert_array_equal(scaled.loss_curve_, base.loss_curve_)
+    np.testing.assert_array_equal(
+        scaled.transform(TABLE * np.float32(factor)), base.transform(TABLE)
+    )
+    np.testing.assert_array_equal(
+        scaled.inverse_transform(base.transform(TABLE)),
+        base.inverse_transform(base.transform(TABLE)) * np.float32(factor),
+    )
+    assert scaled.training_scale_ == base.training_scale_ * factor
+
+
+def test_partial_fit_resumes_a_rescaled_table_from_its_stored_weights():
+    """After pickling, ``partial_fit`` rebuilds the network from the stored weights,
+    which hold the scale: undone exactly, it continues as on the unscaled table."""
+    import pickle
+
+    def two_epochs(table):
+        model = pickle.loads(pickle.dumps(_autoencoder().partial_fit(table)))
+        return model.partial_fit(table)
+
+    factor = np.float32(2.0**-9)
+    base, scaled = two_epochs(TABLE), two_epochs(TABLE * factor)
+    np.testing.assert_array_equal(scaled.loss_curve_, base.loss_curve_)
+    np.testing.assert_array_equal(
+        scaled.decoder_coefs_[-1], base.decoder_coefs_[-1] * factor
+    )
+    np.testing.assert_array_equal(scaled.encoder_coefs_[0], base.encoder_coefs_[0] / factor)
+
+
+@pytest.mark.parametrize("factor", [1e-30, 1e-4, 1e25])
+def test_the_autoencoder_keeps_directions_at_any_scale(factor):
+    """Any factor, not only a power of two: the same mean cosine within 0.01."""
+    expected = _autoencoder().fit(TABLE).score(TABLE)
+    table = TABLE * np.float32(factor)
+    assert _autoencoder().fit(table).score(table) == pytest.approx(expected, abs=0.01)

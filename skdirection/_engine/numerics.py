@@ -30,7 +30,7 @@ def row_cosine(X, Y):
 
 
 def weighted_sums(
-    source, weight, device, dtype=torch.float64, *, with_gram=True, unit=False
+    source, weight, device, dtype=torch.float64, *, with_gram=True, unit=False, scale=1.0
 ):
     """Total weight, weighted column sums and weighted Gram matrix of a row source.
 
@@ -48,6 +48,9 @@ def weighted_sums(
     with_gram : bool, default=True
     unit : bool, default=False
         Use each row's direction rather than the row.
+    scale : float, default=1.0
+        Divide the rows by it first (a power of two: exactly), so that float32 norms
+        of rows near 1e19 or 1e-19 neither overflow nor vanish.
 
     Returns
     -------
@@ -64,6 +67,8 @@ def weighted_sums(
         gram = torch.zeros(n_features, n_features, dtype=torch.float64, device=device)
     for start, rows in source.chunks():
         rows = as_tensor(rows, device, dtype)
+        if scale != 1:
+            rows = rows * (1 / scale)
         if unit:
             rows = unit_rows(rows)[0]
         if weight is None:

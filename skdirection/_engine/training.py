@@ -135,9 +135,7 @@ class Trainer:
         if not math.isfinite(epoch_loss):
             raise FloatingPointError(
                 f"The training loss became {epoch_loss} at epoch {self.epoch}; "
-                "lower learning_rate, or multiply X by a constant if its values are "
-                "extreme (float32 squares overflow beyond about 1e19; directions do "
-                "not change)."
+                "lower learning_rate."
             )
         self.epoch += 1
         return epoch_loss

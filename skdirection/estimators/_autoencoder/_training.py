@@ -12,6 +12,7 @@ from ..._engine.autoencoder import (
     initial_layers,
     normalised_row_weight,
     to_numpy,
+    training_scale,
 )
 from ..._engine.backend import RowSource, resolve_device, torch_generator, with_autograd
 from ..._engine.losses import annealed_power, direction_loss
@@ -55,10 +56,10 @@ class DirectionTraining:
         if first:
             self._fit_source(source, weight, max_iter=0)
         elif not hasattr(self, "_trainer"):
+            # Fitted before the scale existed: trained on the table's own units.
+            self.__dict__.setdefault("training_scale_", 1.0)
             device = resolve_device(self.device)
-            net = self._network(
-                self._layers("encoder", device), self._layers("decoder", device)
-            )
+            net = self._network(*self._training_layers(device))
             generator = torch_generator(check_random_state(self.random_state), device)
             self._trainer = (self._make_trainer(net, device), generator)
             self._trainer[0].epoch = self.n_iter_
@@ -143,6 +144,7 @@ class DirectionTraining:
         generator = torch_generator(check_random_state(self.random_state), device)
         if row_weight is None:
             row_weight = normalised_row_weight(weight, n_samples, device)
+        self.training_scale_ = training_scale(source, row_weight, device, reduce)
         encoder, decoder = initial_layers(
             source,
             row_weight,
@@ -151,6 +153,7 @@ class DirectionTraining:
             generator,
             device,
             reduce,
+            self.training_scale_,
         )
         net = self._network(encoder, decoder)
         trainer = self._make_trainer(net, device, wrap=wrap, reduce=reduce)
@@ -202,6 +205,8 @@ class DirectionTraining:
         return trainer
 
     def _batch_loss(self, module, batch, batch_weight, epoch):
+        if self.training_scale_ != 1:
+            batch = batch * (1 / self.training_scale_)
         power = annealed_power(
             epoch,
             self.element_power_start,
@@ -219,10 +224,27 @@ class DirectionTraining:
         )
 
     def _store_weights(self, net):
+        """Keep the network's weights for rows in the table's units: it trains on rows
+        divided by ``training_scale_``, a power of two, which its first and last
+        layers take back exactly."""
+        scale = self.training_scale_
         self.encoder_coefs_ = to_numpy(net.encoder_coefs)
         self.encoder_intercepts_ = to_numpy(net.encoder_intercepts)
         self.decoder_coefs_ = to_numpy(net.decoder_coefs)
         self.decoder_intercepts_ = to_numpy(net.decoder_intercepts)
+        self.encoder_coefs_[0] = self.encoder_coefs_[0] / np.float32(scale)
+        self.decoder_coefs_[-1] = self.decoder_coefs_[-1] * np.float32(scale)
+        self.decoder_intercepts_[-1] = self.decoder_intercepts_[-1] * np.float32(scale)
+
+    def _training_layers(self, device):
+        """The stored encoder and decoder as the network trains them (the inverse of
+        :meth:`_store_weights`)."""
+        scale = self.training_scale_
+        encoder, decoder = self._layers("encoder", device), self._layers("decoder", device)
+        encoder[0][0] = encoder[0][0] * scale
+        decoder[0][-1] = decoder[0][-1] / scale
+        decoder[1][-1] = decoder[1][-1] / scale
+        return encoder, decoder
 
     def __getstate__(self):
         # Adam's state and the generator live on the training device: not pickled, so

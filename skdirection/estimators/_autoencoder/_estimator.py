@@ -245,7 +245,8 @@ class DirectionAutoEncoder(DirectionTraining, BaseCompressor):
         """The autoencoder with the paper's training settings (:data:`PAPER_PARAMS`).
 
         Random initialisation, batch 32, 30 epochs, Adam at 1e-3 halved every 4 epochs,
-        ``params`` override any of them.
+        ``params`` override any of them. Like every fit, it trains on the rows divided
+        by ``training_scale_`` (1 for rows of root-mean-square norm in [1, 2)).
 
         Examples
         --------

@@ -52,12 +52,11 @@ def training_scale(source, row_weight, device, reduce=None):
 
     The autoencoder trains on the rows divided by it: rows of root-mean-square norm in
     [1, 2), as BERT-family token embeddings (MiniLM's: 1.09), for which the paper
-    tuned its loss.
-    Adam moves every weight by about the learning rate whatever the data's scale, and
-    the element term's power of 0.1 grows steep on small errors, so on raw rows the fit
-    depended on the table's units: SmolLM2's table times 1e-4 kept a mean cosine of
-    0.665 against 0.757 unscaled. A power of two divides exactly, so tables that differ
-    by one give the same model, its weights scaled.
+    tuned its loss. Adam moves every weight by about the learning rate whatever the
+    data's scale, and the element term's power of 0.1 grows steep on small errors, so
+    on raw rows the fit depended on the table's units: SmolLM2's table times 1e-4 kept
+    a mean cosine of 0.665 against 0.757 unscaled. A power of two divides exactly, so
+    tables that differ by one give the same model, its weights scaled.
     """
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     for start, rows in source.chunks():

@@ -120,8 +120,9 @@ class DirectionAutoEncoder(DirectionTraining, BaseCompressor):
         Device the model was trained on.
     training_scale_ : float
         The power of two at or below the table's root-mean-square row norm. The network
-        trains on the rows divided by it (rows of norm about 1 to 2, the scale of the
-        paper's BERT table), so the fit does not depend on the table's units; the
+        trains on the rows divided by it (rows of norm about 1 to 2, the scale of
+        BERT-family token embeddings), so the fit does not depend on the table's units;
+        the
         stored weights take it back, and ``loss_curve_`` and ``best_loss_`` are the
         losses of the divided rows.
     n_features_in_ : int

@@ -218,6 +218,15 @@ def test_a_loss_that_diverges_names_the_learning_rate():
         model.set_params(random_state=0).fit(TABLE)
 
 
+def test_a_learning_rate_beyond_float32_is_refused_before_fitting():
+    """Adam's first step is ten times the rate: beyond float32, torch failed mid-step
+    with 'value cannot be converted to type float without overflow'."""
+    model = DirectionAutoEncoder(2, learning_rate=1e38, device="cpu", random_state=0)
+    with pytest.raises(ValueError, match="learning_rate=1e\\+38 is too large"):
+        model.fit(TABLE)
+    assert not hasattr(model, "training_scale_")
+
+
 def _autoencoder(**params):
     return DirectionAutoEncoder(2, max_iter=4, device="cpu", random_state=0, **params)
 

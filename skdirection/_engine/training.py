@@ -100,6 +100,12 @@ class Trainer:
     def __init__(
         self, module, batch_loss, *, learning_rate, lr_step_size, lr_decay, reduce=None
     ):
+        # Adam's first step is the rate over 1 - beta1 = 0.1, a float32 in its kernels.
+        if not learning_rate * 10 <= torch.finfo(torch.float32).max:
+            raise ValueError(
+                f"learning_rate={learning_rate!r} is too large: Adam's first step, ten "
+                "times it, overflows float32."
+            )
         self.module = module
         self.batch_loss = batch_loss
         self.reduce = reduce

@@ -144,7 +144,7 @@ class DirectionTraining:
         generator = torch_generator(check_random_state(self.random_state), device)
         if row_weight is None:
             row_weight = normalised_row_weight(weight, n_samples, device)
-        self.training_scale_ = training_scale(source, row_weight, device, reduce)
+        scale = training_scale(source, row_weight, device, reduce)
         encoder, decoder = initial_layers(
             source,
             row_weight,
@@ -153,12 +153,13 @@ class DirectionTraining:
             generator,
             device,
             reduce,
-            self.training_scale_,
+            scale,
         )
         net = self._network(encoder, decoder)
         trainer = self._make_trainer(net, device, wrap=wrap, reduce=reduce)
         batches = ShuffledBatches(source, row_weight, self.batch_size, generator, device)
         max_iter = self.max_iter if max_iter is None else max_iter
+        self.training_scale_ = scale
         try:
             loss_curve = []
             if max_iter:

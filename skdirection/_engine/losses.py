@@ -42,13 +42,15 @@ def cosine_distance(X_hat, X):
 
 class _ElementError(torch.autograd.Function):
     """Row mean of ``(|d| + 1e-10) ** power`` with a backward pass that reuses the
-    forward power: autograd's own ``pow`` backward computes a second one, and the two
-    powers are most of an epoch's cost on a CPU."""
+    forward power: autograd's own ``pow`` backward computes a second one. The power is
+    taken as ``exp(power * log)``, within 1e-6 of ``pow`` and about three times faster
+    on a CPU, where torch's ``pow`` with a fractional exponent is not vectorised as
+    well; it was a tenth of a default fit's time."""
 
     @staticmethod
     def forward(ctx, difference, power):
         shifted = difference.abs().add_(ELEMENT_EPS)
-        powered = shifted.pow(power)
+        powered = shifted if power == 1.0 else shifted.log().mul_(power).exp_()
         ctx.save_for_backward(difference, shifted, powered)
         ctx.power = power
         return powered.mean(dim=1)

@@ -347,7 +347,7 @@ def main():
         args.repeats,
         device,
     )
-    record("autoencoder, default (SVD start, batch 512, 7 epochs)", seconds, model, True)
+    record("autoencoder, default (PCA start, batch 512, 6 epochs)", seconds, model, True)
     seconds, model = median_fit(
         lambda: TruncatedSVDCompressor(k, device=device), X, args.repeats, device
     )

@@ -249,7 +249,7 @@ def _direction(n_rows, n_features, ratio, options):
 
 
 def _direction_fast(n_rows, n_features, ratio, options):
-    # The package's own training (SVD start, large batches, few epochs); the paper's
+    # The package's own training (PCA start, large batches, few epochs); the paper's
     # epochs and batch size do not apply to it.
     return DirectionAutoEncoder(low_rank_components(n_rows, n_features, ratio, bias=True))
 
@@ -298,7 +298,7 @@ register_method(
 register_method(
     "direction-fast",
     _direction_fast,
-    "the direction loss with this package's fast training (SVD start, batch 512, 7 "
+    "the direction loss with this package's fast training (PCA start, batch 512, 6 "
     "epochs, Adam 3e-3 halved every 2)",
 )
 register_method(

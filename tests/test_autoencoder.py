@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from skdirection import DirectionAutoEncoder, TruncatedSVDCompressor
+from skdirection._engine.autoencoder import direction_start
+from skdirection._engine.backend import RowSource
 from skdirection.metrics import row_cosine_similarity
 
 # Mini-batches of 32 without a stopping rule, as the paper trains, but fewer epochs.
@@ -216,3 +218,37 @@ def test_cuda_fit_returns_numpy_and_pickles_for_cpu(embeddings):
     assert isinstance(autoencoder.transform(embeddings), np.ndarray)
     restored = pickle.loads(pickle.dumps(autoencoder))
     assert all(isinstance(c, np.ndarray) for c in restored.decoder_coefs_)
+
+
+def test_the_start_fits_rows_of_an_affine_subspace_exactly():
+    # Rows on a 4-dimensional plane off the origin span 5 dimensions: no subspace of 4
+    # holds their directions, the plane through its offset does.
+    rng = np.random.RandomState(0)
+    offset = 3 * rng.normal(size=24)
+    X = (offset + rng.normal(size=(200, 4)) @ rng.normal(size=(4, 24))).astype(np.float32)
+    X = np.vstack([X, np.zeros((3, 24), np.float32)])  # zero rows weigh nothing
+    weight = torch.from_numpy(rng.uniform(0.5, 2.0, size=len(X)))
+    basis, start_offset, _ = direction_start(RowSource(X), weight, 4, torch.device("cpu"))
+    X_hat = start_offset + (torch.from_numpy(X) - start_offset) @ basis @ basis.T
+    assert row_cosine_similarity(X[:200], X_hat[:200].numpy()).min() > 1 - 1e-5
+    linear = TruncatedSVDCompressor(4).fit(X[:200])
+    assert linear.score(X[:200]) < 0.99
+
+
+def test_the_autoencoder_starts_from_the_affine_fit(embeddings):
+    start = DirectionAutoEncoder(4, max_iter=1, learning_rate=1e-30, random_state=0)
+    start.fit(embeddings)
+    scale = start.training_scale_
+    assert scale == 8.0  # the rows' root-mean-square norm is in [8, 16)
+    basis, offset, kept = direction_start(
+        RowSource(embeddings), torch.ones(300), 4, torch.device("cpu"), scale=scale
+    )
+    assert 0.5 < kept < 1
+    latent = (torch.from_numpy(embeddings) / scale - offset) @ basis
+    np.testing.assert_allclose(start.transform(embeddings), latent.numpy(), atol=1e-4)
+    decoded = start.inverse_transform(latent.numpy())
+    # Lengthened so that the rows keep their root-mean-square relative length.
+    expected = scale * (offset + latent @ basis.T).numpy() / np.sqrt(kept)
+    np.testing.assert_allclose(decoded, expected, atol=1e-4)
+    relative = np.linalg.norm(decoded, axis=1) / np.linalg.norm(embeddings, axis=1)
+    assert np.sqrt(np.mean(relative**2)) == pytest.approx(1.0, abs=1e-5)

@@ -74,21 +74,38 @@ def training_scale(source, row_weight, device, reduce=None):
     return 2.0 ** max(-_MAX_SCALE_EXPONENT, min(_MAX_SCALE_EXPONENT, exponent))
 
 
-def direction_basis(source, weight, k, device, reduce=None, scale=1.0):
-    """Top-``k`` right singular vectors of the row-normalised, row-weighted table, as
-    columns ``(n_features, k)``.
+def direction_start(source, weight, k, device, reduce=None, scale=1.0):
+    """The affine ``k``-dimensional fit of the rows that best keeps their directions.
 
-    On unit rows the squared error of a projection is ``1 - cos**2`` per row, so this
-    basis nearly maximises the mean cosine: a starting point that the direction loss
-    only fine-tunes. ``reduce`` sums the Gram matrix over processes; the rows are
+    Each row weighs its weight over its squared norm, so that the least-squares error
+    of ``x_hat = offset + (x - offset) V V^T`` is ``|x - x_hat|^2 / |x|^2`` a row,
+    about ``1 - cos^2`` where the fit is close: a starting point that the direction
+    loss only fine-tunes. ``reduce`` sums the totals over processes; the rows are
     divided by ``scale`` first (see :func:`training_scale`).
+
+    Returns
+    -------
+    basis : tensor of shape (n_features, k)
+    offset : tensor of shape (n_features,)
+    kept : float
+        The share of ``sum_i w_i |x_i|^2 / |x_i|^2`` that the fit keeps in
+        ``sum_i w_i |x_hat_i|^2 / |x_i|^2``: its decoded rows are shorter than the
+        rows by about its square root.
     """
-    _, _, gram = weighted_sums(
-        source, weight, device, torch.float32, unit=True, scale=scale
+    totals = weighted_sums(
+        source, weight, device, torch.float32, inverse_square_norm=True, scale=scale
     )
     if reduce is not None:
-        gram = reduce(gram)
-    return top_eigenvectors(gram, k)[1].T.float()
+        totals = [reduce(t) for t in totals]
+    total, sums, gram = totals
+    offset = sums / total if total > 0 else sums
+    covariance = gram - total * torch.outer(offset, offset)
+    eigenvalues, basis = top_eigenvectors(covariance, k)
+    # Both sums are weighted by the inverse squared norms, whose sum of x_i vanishes
+    # about the offset; so the decoded rows' sum is offset's plus the kept variance.
+    energy = gram.trace()
+    kept = (total * offset.square().sum() + eigenvalues.sum()) / energy
+    return basis.T.float(), offset.float(), float(kept) if energy > 0 else 1.0
 
 
 def initial_layers(
@@ -97,16 +114,24 @@ def initial_layers(
     """Encoder and decoder ``(coefs, intercepts)`` to start training from.
 
     ``"random"`` draws them as PyTorch's ``nn.Linear`` would; ``"svd"`` (a linear
-    autoencoder, ``layer_sizes = [n_features, n_components]``) starts from the top
-    singular vectors of the row-normalised, row-weighted table, zero biases.
+    autoencoder, ``layer_sizes = [n_features, n_components]``) starts from
+    :func:`direction_start`: encoder ``V`` with intercept ``-offset V``, decoder
+    ``V^T`` and intercept ``offset``, the decoder lengthened by ``1 / sqrt(kept)`` so
+    that the decoded rows keep the rows' root-mean-square relative length.
+    Lengthening changes no cosine, and the training no longer starts by growing every
+    row: after 5 epochs (7 for SmolLM2's), the mean cosine was 0.00000 to 0.00005
+    higher on SmolLM2's, spaCy's and MiniLM's tables than from the fit as it is.
     """
-    n_features, n_components = layer_sizes[0], layer_sizes[-1]
+    n_components = layer_sizes[-1]
     encoder = init_layers(layer_sizes, generator, device)
     decoder = init_layers(layer_sizes[::-1], generator, device)
     if init == "svd":
-        basis = direction_basis(source, row_weight, n_components, device, reduce, scale)
-        encoder = [[basis.contiguous()], [torch.zeros(n_components, device=device)]]
-        decoder = [[basis.T.contiguous()], [torch.zeros(n_features, device=device)]]
+        basis, offset, kept = direction_start(
+            source, row_weight, n_components, device, reduce, scale
+        )
+        length = 1 / math.sqrt(kept) if kept > 0 else 1.0
+        encoder = [[basis.contiguous()], [-(offset @ basis)]]
+        decoder = [[basis.T.contiguous() * length], [offset * length]]
     return encoder, decoder
 
 

@@ -30,12 +30,19 @@ def row_cosine(X, Y):
 
 
 def weighted_sums(
-    source, weight, device, dtype=torch.float64, *, with_gram=True, unit=False, scale=1.0
+    source,
+    weight,
+    device,
+    dtype=torch.float64,
+    *,
+    with_gram=True,
+    inverse_square_norm=False,
+    scale=1.0,
 ):
     """Total weight, weighted column sums and weighted Gram matrix of a row source.
 
-    Rows are read chunk by chunk (a memmap streams), converted to ``dtype`` (and to unit
-    length with ``unit``), and each chunk's products are added to float64 totals.
+    Rows are read chunk by chunk (a memmap streams), converted to ``dtype``, and each
+    chunk's products are added to float64 totals.
 
     Parameters
     ----------
@@ -46,8 +53,10 @@ def weighted_sums(
         Precision of each chunk's products; float32 halves the work where the result
         only starts an optimisation.
     with_gram : bool, default=True
-    unit : bool, default=False
-        Use each row's direction rather than the row.
+    inverse_square_norm : bool, default=False
+        Multiply each row's weight by its inverse squared norm (zero rows weigh zero):
+        the sums of a least-squares fit in which every row's error counts relative to
+        its length.
     scale : float, default=1.0
         Divide the rows by it first (a power of two: exactly), so that float32 norms
         of rows near 1e19 or 1e-19 neither overflow nor vanish.
@@ -69,8 +78,24 @@ def weighted_sums(
         rows = as_tensor(rows, device, dtype)
         if scale != 1:
             rows = rows * (1 / scale)
-        if unit:
-            rows = unit_rows(rows)[0]
+        if inverse_square_norm:
+            # sum_i w_i x_i / |x_i|^2 as sum_i (w_i / |x_i|) u_i over the unit rows u_i,
+            # with the coefficients in float64 (those of tiny rows overflow float32)
+            # and scaled by their largest for the float32 product.
+            norms = torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64)
+            w = torch.ones_like(norms)
+            if weight is not None:
+                w = as_tensor(weight[start : start + rows.shape[0]], device).double()
+            coefs = torch.where(norms > 0, w / norms, 0.0)
+            total += torch.where(norms > 0, coefs / norms, 0.0).sum()
+            units = unit_rows(rows)[0]
+            largest = coefs.max() if len(coefs) else coefs.new_zeros(())
+            if largest > 0:
+                sums += largest * ((coefs / largest).to(dtype) @ units).double()
+            if with_gram:
+                units *= w.sqrt().to(dtype)[:, None]
+                gram += (units.T @ units).double()
+            continue
         if weight is None:
             total += rows.shape[0]
             sums += rows.sum(dim=0).double()

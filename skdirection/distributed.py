@@ -2,8 +2,8 @@
 
 Each process reads its own shard of rows from a ``.npy`` file (as a memmap, streamed in
 chunks) and holds a copy of the small model; ``DistributedDataParallel`` averages the
-gradients of every mini-batch over the processes, the SVD start sums their Gram
-matrices, and the epoch losses are summed so that every process takes the same
+gradients of every mini-batch over the processes, the start sums their weighted sums
+and Gram matrices, and the epoch losses are summed so that every process takes the same
 stopping decision. Launch one process per GPU (NCCL) or per CPU socket (gloo) with
 ``torchrun``::
 

@@ -89,8 +89,8 @@ def direction_start(source, weight, k, device, reduce=None, scale=1.0):
     offset : tensor of shape (n_features,)
     kept : float
         The share of ``sum_i w_i |x_i|^2 / |x_i|^2`` that the fit keeps in
-        ``sum_i w_i |x_hat_i|^2 / |x_i|^2``: its decoded rows are shorter than the
-        rows by about its square root.
+        ``sum_i w_i |x_hat_i|^2 / |x_i|^2``, in ``(0, 1]`` (1 for rows of zeros):
+        its decoded rows are shorter than the rows by about its square root.
     """
     totals = weighted_sums(
         source, weight, device, torch.float32, inverse_square_norm=True, scale=scale
@@ -130,7 +130,7 @@ def initial_layers(
         basis, offset, kept = direction_start(
             source, row_weight, n_components, device, reduce, scale
         )
-        length = 1 / math.sqrt(kept) if kept > 0 else 1.0
+        length = 1 / math.sqrt(kept)
         encoder = [[basis.contiguous()], [-(offset @ basis)]]
         decoder = [[basis.T.contiguous() * length], [offset * length]]
     return encoder, decoder

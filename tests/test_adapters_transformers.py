@@ -216,10 +216,12 @@ def test_a_folder_missing_a_file_is_named(tiny_llama, tmp_path, missing):
         load_compressed(tmp_path)
 
 
-def test_load_never_unpickles(tiny_llama, tmp_path, monkeypatch):
+def test_load_never_unpickles(tiny_llama, tiny_tokenizer, tmp_path, monkeypatch):
     import pickle
 
+    ids = _ids(tiny_tokenizer)
     patch_embeddings(tiny_llama, _svd(tiny_llama))
+    patched = _logits(tiny_llama, ids)
     save_compressed(tiny_llama, tmp_path)
     unpatch_embeddings(tiny_llama)
 
@@ -229,9 +231,12 @@ def test_load_never_unpickles(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "load", forbidden)
     monkeypatch.setattr(pickle, "loads", forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
-    load_compressed(tmp_path, model=tiny_llama)
+    # Loaded without unpickling, into the model given and into a fresh one alike.
+    torch.testing.assert_close(
+        _logits(load_compressed(tmp_path, model=tiny_llama), ids), patched
+    )
     unpatch_embeddings(tiny_llama)
-    load_compressed(tmp_path)
+    torch.testing.assert_close(_logits(load_compressed(tmp_path), ids), patched)
 
 
 def test_load_errors_name_the_file(tiny_llama, tmp_path):
@@ -360,11 +365,17 @@ def test_masked_lm_patch_roundtrip(tiny_bert, tiny_tokenizer):
     before = _logits(model, ids)
     svd = _svd(model)
     weight = model.bert.embeddings.word_embeddings.weight
+    baseline = perplexity(model, tiny_tokenizer, TEXT, max_length=32, progress=False)
     patch_embeddings(model, svd, target="input")
     assert model.cls.predictions.decoder.weight is weight
-    perplexity(model, tiny_tokenizer, TEXT, max_length=32, progress=False)
+    input_only = _logits(model, ids)
+    assert not torch.allclose(input_only, before)
+    compressed = perplexity(model, tiny_tokenizer, TEXT, max_length=32, progress=False)
+    assert np.isfinite(compressed) and compressed != baseline
     unpatch_embeddings(model)
     patch_embeddings(model, svd, target="both")
+    assert isinstance(model.get_output_embeddings(), CompressedLMHead)
+    assert not torch.allclose(_logits(model, ids), input_only)  # the head reads it too
     unpatch_embeddings(model)
     assert (
         model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
@@ -398,9 +409,15 @@ def test_token_counts(tiny_tokenizer):
     assert token_counts(tiny_tokenizer, TEXT, n_rows=len(tiny_tokenizer) + 5).shape == (
         len(tiny_tokenizer) + 5,
     )
-    # Ready as sample_weight.
+    # Ready as sample_weight: a row counted c times weighs as c copies of it.
     X = np.random.default_rng(0).random((len(counts), 5))
-    TruncatedSVDCompressor(n_components=2).fit(X, sample_weight=counts)
+    weighted = TruncatedSVDCompressor(n_components=2, algorithm="covariance_eigh")
+    weighted.fit(X, sample_weight=counts)
+    repeated = TruncatedSVDCompressor(n_components=2, algorithm="covariance_eigh")
+    repeated.fit(np.repeat(X, counts.astype(int), axis=0))
+    np.testing.assert_allclose(
+        np.abs(weighted.components_), np.abs(repeated.components_), atol=1e-5
+    )
 
 
 def _scaled_families():

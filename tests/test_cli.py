@@ -115,6 +115,16 @@ def test_evaluate_formats(model_folder, capsys, fmt):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == (4 if fmt == "table" else 3)
     assert "perplexity" in out[0] and "bytes_ratio" in out[0]
+    if fmt == "csv":
+        import csv
+
+        rows = list(csv.DictReader(out))
+        assert [row["method"] for row in rows] == ["none", "svd"]
+        assert float(rows[0]["bytes_ratio"]) == 1.0
+        assert float(rows[1]["bytes_ratio"]) >= 4
+        assert float(rows[0]["mean_cosine"]) == 1.0 > float(rows[1]["mean_cosine"]) > 0.5
+        assert float(rows[1]["perplexity"]) != float(rows[0]["perplexity"])
+        assert min(float(row["perplexity"]) for row in rows) > 1
 
 
 def test_evaluate_errors(model_folder, tmp_path):
@@ -410,3 +420,10 @@ def test_installed_corpora_by_name(model_folder, capsys):
         "wikipedia",
     )
     assert rows[0]["perplexity"] > 1 and rows[1]["perplexity"] > 1
+    # The names pick the texts: another corpus measures another perplexity, and
+    # without the counts the fit is another one.
+    other = _evaluate_json(
+        folder, "wikipedia", capsys, "--method", "svd", "--ratio", "4", "--max-tokens", "64"
+    )
+    assert other[0]["perplexity"] != rows[0]["perplexity"]
+    assert other[1]["mean_cosine"] != rows[1]["mean_cosine"]

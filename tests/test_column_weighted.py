@@ -13,6 +13,7 @@ from skdirection import (
     load_table,
     save_table,
 )
+from skdirection.metrics import mean_cosine_similarity
 from skdirection.presets import build_compressor
 
 from .conftest import TEXT
@@ -181,6 +182,12 @@ def test_cli_calibration_text_fits_through_the_head_moment(saved_tiny_llama, cap
     compressor = build_compressor("scalar", *weight.shape, 7.0, options).fit(weight)
     table = compressor.compress(weight)
     assert weighted[1]["bytes_ratio"] == pytest.approx(weight.nbytes / table.n_bytes)
+    # The bytes are the same whatever the moment; the decoded rows are not.
+    decoded = table.decode().float().numpy()
+    assert weighted[1]["mean_cosine"] == pytest.approx(
+        mean_cosine_similarity(weight, decoded), rel=1e-6
+    )
+    assert weighted[1]["mean_cosine"] != pytest.approx(plain[1]["mean_cosine"], rel=1e-6)
 
     with pytest.raises(SystemExit, match="with --target input and no tuning it has no use"):
         main([*common[:-2], "--calibration-text", str(calibration)])

@@ -21,32 +21,41 @@ def X():
 
 
 def _nested(X):
-    basis = torch.linalg.svd(X, full_matrices=False).Vh[:4]
-    latent = QuantizedTable.from_rows(X[10:] @ basis.T, 8)
+    """A float16 head part and a norm-scaled rank-4 part whose rows interleave: the
+    part ids, not a prefix, say which row is where. Returns the table, the part id
+    of every row and the rank-4 part."""
+    assignment = torch.tensor([0] * 10 + [1] * 20)[
+        torch.randperm(30, generator=torch.Generator().manual_seed(0))
+    ]
+    head_rows, tail_rows = X[assignment == 0], X[assignment == 1]
+    basis = torch.linalg.svd(tail_rows, full_matrices=False).Vh[:4]
+    latent = QuantizedTable.from_rows(tail_rows @ basis.T, 8)
     lowrank = NormScaledTable(
-        LinearDecodedTable(latent, basis.half()), X[10:].norm(dim=1).half()
+        LinearDecodedTable(latent, basis.half()), tail_rows.norm(dim=1).half()
     )
-    head = DenseTable(X[:10].half())
-    # head rows and tail rows interleave: part ids, not a prefix, decide
-    assignment = torch.tensor([0] * 10 + [1] * 20)
-    order = torch.randperm(30, generator=torch.Generator().manual_seed(0))
-    return PartitionedTable([head, lowrank], assignment), order
+    head = DenseTable(head_rows.half())
+    return PartitionedTable([head, lowrank], assignment), assignment, lowrank
 
 
 def test_partitioned_decodes_each_part(X):
-    table, _ = _nested(X)
+    table, assignment, lowrank = _nested(X)
+    assert not torch.equal(assignment, assignment.sort().values)  # not a prefix
     decoded = table.decode()
-    torch.testing.assert_close(decoded[:10], X[:10].half().float())
-    # norms are restored exactly (to float16) even though the rank-4 direction is not
+    head, tail = assignment == 0, assignment == 1
+    torch.testing.assert_close(decoded[head], X[head].half().float())
+    # Each tail row is its own rank-4 decoding, with its norm restored (to float16).
+    torch.testing.assert_close(decoded[tail], lowrank.decode().float())
     torch.testing.assert_close(
-        decoded[10:].norm(dim=1), X[10:].norm(dim=1).half().float(), rtol=1e-5, atol=1e-5
+        decoded[tail].norm(dim=1), X[tail].norm(dim=1).half().float(), rtol=1e-5, atol=1e-5
     )
+    cosines = torch.nn.functional.cosine_similarity(decoded[tail], X[tail])
+    assert 0.3 < float(cosines.mean()) < 0.999  # rank 4 of 12: close, not exact
     idx = torch.tensor([[3, 25], [11, 0]])
     torch.testing.assert_close(table(idx), decoded[idx])
 
 
 def test_bytes_count_every_part(X):
-    table, _ = _nested(X)
+    table = _nested(X)[0]
     expected = (
         10 * 12 * 2  # float16 head rows
         + 20 * (4 + 2 * 2)  # int8 latent codes + float16 scale, offset
@@ -66,7 +75,7 @@ def test_interleaved_assignment(X):
 
 
 def test_save_load_round_trip(X, tmp_path):
-    table, _ = _nested(X)
+    table = _nested(X)[0]
     save_table(table, tmp_path / "t.safetensors")
     loaded = load_table(tmp_path / "t.safetensors")
     assert type(loaded) is PartitionedTable and loaded.n_bytes == table.n_bytes

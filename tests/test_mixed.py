@@ -93,7 +93,8 @@ def test_never_worse_than_one_scalar_codec_for_every_row(data):
     # 48-value row: 7.38x. Any row may take it, so the mix at 7x must do at least as well.
     X, counts = data
     uniform = ScalarQuantizer(3, group_size=32).fit(X).compress(X).decode().numpy()
-    uniform_distance = np.average(1 - row_cosines(X, uniform), weights=counts)
+    # Weighted as the mix weighs its objective: the counts' square root (weight_power).
+    uniform_distance = np.average(1 - row_cosines(X, uniform), weights=np.sqrt(counts))
     mixed = FrequencyMixedCompressor(7, ranks=(4, 8, 16)).fit(X, sample_weight=counts)
     assert mixed.weighted_cosine_distance_ <= uniform_distance
     per_row_only = FrequencyMixedCompressor(7, group_sizes=(None,), ranks=(4, 8, 16))
@@ -300,7 +301,17 @@ def test_device_is_checked_and_recorded(data):
 
 def _plain_bisection_assign(row_costs, fixed_costs, errors, budget):
     """The budget solver with every row recomputed at every step (the reference)."""
-    from skdirection.estimators._mixed._budget import total_cost
+
+    def total_cost(row_costs, fixed_costs, choice):
+        # Written out here, not imported from the solver: codes, the codecs in use,
+        # and ceil(log2(codecs in use)) bits of part id a row, packed.
+        used = np.unique(choice)
+        id_bits = int(np.ceil(np.log2(len(used)))) if len(used) > 1 else 0
+        return (
+            row_costs[choice].sum()
+            + fixed_costs[used].sum()
+            + np.ceil(len(choice) * id_bits / 8)
+        )
 
     row_costs = np.asarray(row_costs, dtype=np.float64)
     fixed_costs = np.asarray(fixed_costs, dtype=np.float64)

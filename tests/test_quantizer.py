@@ -120,7 +120,7 @@ def test_sample_weight_is_validated_but_codes_are_per_row(X):
     w = np.arange(60.0)
     q = ScalarQuantizer(3).fit(X, sample_weight=w)
     np.testing.assert_array_equal(q.transform(X), ScalarQuantizer(3).fit(X).transform(X))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Negative values .* `sample_weight`"):
         ScalarQuantizer(3).fit(X, sample_weight=-w)
 
 

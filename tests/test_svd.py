@@ -94,6 +94,8 @@ def test_randomized_is_seeded(embeddings):
         )
 
     np.testing.assert_array_equal(fit(0), fit(0))
+    # The seed is used: without power iterations another one draws another sketch.
+    assert not np.allclose(fit(0), fit(1))
 
 
 def test_auto_picks_covariance_for_tall_tables(embeddings):

@@ -76,7 +76,14 @@ def fit_distributed(path, estimator, sample_weight=None):
     """
     owns_group = not dist.is_initialized()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1)) if owns_group else dist.get_world_size()
     device = resolve_device(estimator.device)
+    if device.type == "cuda" and device.index not in (None, local_rank) and world > 1:
+        raise ValueError(
+            f"device={estimator.device!r} would put every process on one GPU; under "
+            "torchrun each process trains on its own (its LOCAL_RANK): use "
+            "device='cuda' or device='auto'."
+        )
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
     if owns_group:

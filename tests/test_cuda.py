@@ -82,3 +82,34 @@ def test_cuda_scalar_quantizer_matches_cpu(embeddings):
     np.testing.assert_allclose(
         table.decode().numpy(), cpu.compress(embeddings).decode().numpy(), atol=1e-3
     )
+
+
+def test_quantized_table_logits_on_cuda(embeddings):
+    # Every layout of packed codes (8, 4, 3 bits; per row and in groups) gives on the
+    # GPU the logits of its decoded table.
+    h = torch.randn(3, embeddings.shape[1], generator=torch.Generator().manual_seed(0))
+    for bits, group_size in ((8, None), (4, None), (3, 8), (2, 8)):
+        table = ScalarQuantizer(bits, group_size=group_size).fit(embeddings)
+        table = table.compress(embeddings).to("cuda")
+        expected = h.cuda() @ table.decode().float().T
+        torch.testing.assert_close(table.linear(h.cuda()), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_centroid_search_ignores_tf32(embeddings):
+    from skdirection._engine.kmeans import nearest_centroids
+    from skdirection.codecs.product import blocked
+
+    rows = torch.from_numpy(embeddings).float()
+    blocks = blocked(rows, 4)
+    # Codebooks of near-duplicates: only full float32 precision ranks them right.
+    books = blocks[:, :64] + 1e-3 * torch.randn(
+        blocks.shape[0], 64, 4, generator=torch.Generator().manual_seed(0)
+    )
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        on_gpu = nearest_centroids(blocks.cuda(), books.cuda()).cpu()
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    assert torch.get_float32_matmul_precision() == precision
+    torch.testing.assert_close(on_gpu, nearest_centroids(blocks, books))

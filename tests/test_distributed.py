@@ -221,3 +221,20 @@ def test_the_wrapped_model_is_freed_before_the_group_ends(monkeypatch, tmp_path)
             gc.enable()
     assert alive_at_destroy == [False]
     assert model.n_iter_ == 2
+
+
+def test_an_explicit_gpu_that_is_not_the_process_own_is_refused(monkeypatch, tmp_path):
+    """Under torchrun each process trains on the GPU of its LOCAL_RANK: 'cuda:1' on
+    every process would put them all on one GPU, which NCCL refuses mid-fit."""
+    from skdirection import distributed
+
+    np.save(tmp_path / "table.npy", np.ones((8, 3)))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "resolve_device", lambda device: torch.device(device))
+    initialised = []
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: initialised.append(a))
+    model = DirectionAutoEncoder(2, device="cuda:1")
+    with pytest.raises(ValueError, match="'cuda:1' would put every process on one GPU"):
+        fit_distributed(tmp_path / "table.npy", model)
+    assert not initialised and not hasattr(model, "n_iter_")

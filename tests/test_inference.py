@@ -267,6 +267,17 @@ def test_weighted_fields_add_up_to_every_code(bits, n_features):
     torch.testing.assert_close(rebuilt, codes.double(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("n_features", [64, 60])
+def test_field_layouts_keep_their_tensors_on_the_table_device(bits, n_features):
+    # "meta" stands in for a GPU: torch refuses to mix its tensors with the CPU's as it
+    # does a GPU's, so a CPU tensor left in a device computation raises here too.
+    layout = _scalar_linear.FieldLayout(n_features, bits, 32, torch.device("meta"))
+    for name, value in vars(layout).items():
+        if isinstance(value, torch.Tensor):
+            assert value.device.type == "meta", name
+
+
 @pytest.mark.parametrize("inference", [True, False])
 def test_integer_kernel_tiles_grow_with_torch_threads(monkeypatch, inference):
     # One thread cuts the fields into tiles of 20 rows, three to a chunk (at most 64

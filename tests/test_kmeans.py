@@ -243,3 +243,20 @@ def test_known_codes_follow_the_training_sample():
     searched, _ = fit(blocks, weight, 16, **options)
     known, _ = fit(blocks, weight, 16, init_codes=codes, **options)
     torch.testing.assert_close(known, searched, rtol=0, atol=1e-6)
+
+
+def test_gpu_searches_set_full_float32_precision_and_restore_the_callers():
+    # On a GPU, TF32 products (a caller's "high" precision) would rank close centroids
+    # by rounding error; the search sets "highest" for itself and puts back the rest.
+    from skdirection._engine.kmeans import _full_precision_matmul
+
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        with _full_precision_matmul(torch.device("cuda")):
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.get_float32_matmul_precision() == "high"
+        with _full_precision_matmul(torch.device("cpu")):
+            assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(precision)

@@ -162,7 +162,8 @@ class FieldLayout:
                 )
                 for p in range(self.n_planes)
             ]
-        self.weight = (torch.ldexp(self.used.float(), -exponent.reshape(-1))).to(device)
+        used = (and_mask > 0).reshape(-1).float()  # on the CPU, as the exponents are
+        self.weight = torch.ldexp(used, -exponent.reshape(-1)).to(device)
 
     @property
     def n_fields(self):

@@ -232,8 +232,8 @@ class ProductCodec(Codec):
         return self
 
     def encode(self, rows):
-        codes = encode_blocks(rows, self.codebooks.to(rows.device))
-        return ProductQuantizedTable(codes, self.codebooks, rows.shape[1])
+        books = self.codebooks.to(rows.device)  # the table's codes and codebooks together
+        return ProductQuantizedTable(encode_blocks(rows, books), books, rows.shape[1])
 
     def reconstruct(self, rows):
         books = self.codebooks.to(rows.device)

@@ -252,3 +252,30 @@ def test_the_command_tunes_as_the_python_api_does(saved_tiny_llama, capsys):
         main([*command, "--tune-steps", "5"])
     with pytest.raises(SystemExit, match="--tune-steps must be 0"):
         main([*command, "--calibration-text", str(calibration), "--tune-steps", "-1"])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ProductQuantizer(4, n_centroids=16, random_state=0),  # norms kept apart
+        lambda: ScalarQuantizer(2, group_size=8),
+    ],
+)
+def test_held_out_divergence_reads_the_tensors_as_tuned(tiny_llama, tiny_tokenizer, make):
+    # A head computes its logits from values derived from the stored tensors (row
+    # scales, look-up weights) and kept: every step changes those tensors, so each
+    # held-out measurement must derive them again. The final divergence reported is
+    # then the returned table's, measured afresh on the same held-out windows.
+    X = _matrix(tiny_llama)
+    table = make().fit(X).compress(X)
+    report = tune_table(tiny_llama, tiny_tokenizer, table, TEXT, target="both", **TUNING)
+    assert report.best_step > 0
+    again = tune_table(
+        tiny_llama,
+        tiny_tokenizer,
+        report.table,
+        TEXT,
+        target="both",
+        **{**TUNING, "steps": 1, "learning_rate": 1e-30},
+    )
+    assert again.initial_kl == pytest.approx(report.final_kl, rel=1e-5)

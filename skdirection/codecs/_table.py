@@ -341,7 +341,8 @@ class CompressedTable(nn.Module):
 
     def _derived(self, name, build):
         """``build()``, a value derived from the stored tensors, made at first use and
-        kept until the table loads a state dict or moves (``to``, ``cuda``, ``half``)."""
+        kept until the table loads a state dict or moves (``to``, ``cuda``, ``half``),
+        or :meth:`forget_derived` is called."""
         cache = self.__dict__.setdefault("_derived_cache", {})
         if name not in cache:
             cache[name] = build()
@@ -357,6 +358,13 @@ class CompressedTable(nn.Module):
             for value in module.__dict__.get("_derived_cache", {}).values()
             for t in _tensors(value)
         )
+
+    def forget_derived(self):
+        """Drop the values derived from the stored tensors, in this table and its nested
+        ones, after changing those tensors in place (an optimiser's step): the next
+        ``linear`` or ``decode`` derives them again."""
+        for module in self.modules():
+            module.__dict__.pop("_derived_cache", None)
 
     def _apply(self, fn, *args, **kwargs):
         self.__dict__.pop("_derived_cache", None)

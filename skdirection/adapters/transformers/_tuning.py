@@ -369,6 +369,7 @@ class _Tuner:
                 self.optimizer.zero_grad(set_to_none=True)
                 (divergence / n).backward()
                 self.optimizer.step()
+                self.table.forget_derived()  # row scales and the like, of the old tensors
             step += 1
             bar.update()
             if step % eval_every and step < steps:
@@ -391,5 +392,6 @@ class _Tuner:
             with torch.no_grad():
                 for name, p in self.tensors.items():
                     p.copy_(best_state[name].to(self.stored_dtypes[name]).float())
+            self.table.forget_derived()
             final_kl = self._held_out_kl(held_out, batch_size)
         return best_state, history, best_step, step, final_kl

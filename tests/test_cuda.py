@@ -113,3 +113,16 @@ def test_centroid_search_ignores_tf32(embeddings):
         torch.set_float32_matmul_precision(precision)
     assert torch.get_float32_matmul_precision() == precision
     torch.testing.assert_close(on_gpu, nearest_centroids(blocks, books))
+
+
+def test_one_part_partitioned_table_built_on_cuda(embeddings):
+    # With one part no ids are stored: the empty ids must still sit with the rows.
+    from skdirection import DenseTable, PartitionedTable
+
+    rows = torch.from_numpy(embeddings).cuda()
+    ids = torch.zeros(len(rows), dtype=torch.long, device="cuda")
+    table = PartitionedTable([DenseTable(rows)], ids)
+    assert table.packed_assignment.is_cuda
+    torch.testing.assert_close(table.decode(), rows)
+    h = torch.randn(2, rows.shape[1], device="cuda")
+    torch.testing.assert_close(table.linear(h), h @ rows.T, rtol=1e-4, atol=1e-4)

@@ -60,7 +60,7 @@ class PartitionedTable(CompressedTable):
         packed = (
             pack_codes(assignment[None].to(torch.uint8), self.id_bits)
             if self.id_bits
-            else (torch.zeros(1, 0, dtype=torch.uint8))
+            else torch.zeros(1, 0, dtype=torch.uint8, device=assignment.device)
         )
         self.packed_assignment = frozen(packed)
 

@@ -65,14 +65,16 @@ def mean_cosine_similarity(X, X_reconstructed, sample_weight=None):
     0.853...
     """
     similarity = row_cosine_similarity(X, X_reconstructed)
-    weight = _check_sample_weight(sample_weight, similarity[:, None])
+    weight = _check_sample_weight(
+        sample_weight, similarity[:, None], ensure_non_negative=True
+    )
     return float(np.average(similarity, weights=weight))
 
 
 def reconstruction_rmse(X, X_reconstructed, sample_weight=None):
     """Root mean squared element error, rows weighted by ``sample_weight``."""
     X, X_reconstructed = _check_pair(X, X_reconstructed)
-    weight = _check_sample_weight(sample_weight, X)
+    weight = _check_sample_weight(sample_weight, X, ensure_non_negative=True)
     row_mse = ((X - X_reconstructed) ** 2).mean(axis=1)
     return float(np.sqrt(np.average(row_mse, weights=weight)))
 
@@ -97,6 +99,9 @@ def compression_ratio(n_rows, n_features, n_components, *, bias=False):
 
 def _reconstruct(estimator, X):
     X = check_array(X, dtype=[np.float64, np.float32])
+    if not hasattr(estimator, "inverse_transform"):  # a table compressor: its table
+        with torch.no_grad():
+            return X, estimator.compress(X).decode().float().numpy()
     return X, estimator.inverse_transform(np.asarray(estimator.transform(X)))
 
 

@@ -11,7 +11,9 @@ method is wrapped in :class:`ColumnWeightedCompressor`, its ratio raised to pay 
 stored column scales. A new method is one more :func:`register_method` call.
 """
 
+import math
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 
@@ -72,6 +74,8 @@ def build_compressor(name, n_rows, n_features, ratio, options=None):
     """An unfitted compressor of method ``name`` meeting ``ratio`` on this shape."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known methods: {sorted(METHODS)}.")
+    if not (isinstance(ratio, Real) and 0 < ratio < math.inf):
+        raise ValueError(f"ratio must be a positive number, got {ratio!r}.")
     merged = {**DEFAULT_OPTIONS, **(options or {})}
     if merged["ratio_unit"] not in RATIO_UNITS:
         raise ValueError(

@@ -593,7 +593,7 @@ def test_meter_kl_divergence_and_top1_against_a_reference(tiny_llama, tiny_token
     # against the meter's first 31 tokens.
     direct = (reference.exp() * (reference - changed)).sum(dim=1)
     first = LanguageModelMeter(
-        model, tiny_tokenizer, TEXT, max_length=32, stride=32, max_tokens=32, progress=False
+        model, tiny_tokenizer, TEXT, max_length=32, stride=16, max_tokens=32, progress=False
     )
     first.set_reference()
     patch_embeddings(model, _svd(model, k=2), target="both")
@@ -602,3 +602,35 @@ def test_meter_kl_divergence_and_top1_against_a_reference(tiny_llama, tiny_token
     assert measured["kl_divergence"] == pytest.approx(float(direct.mean()), rel=1e-4)
     agreement = (reference.argmax(1) == changed.argmax(1)).float().mean()
     assert measured["top1_agreement"] == pytest.approx(float(agreement))
+
+
+def test_a_stride_of_a_whole_window_is_refused(tiny_llama, tiny_tokenizer):
+    # A window's first token is context only: windows that do not overlap would leave
+    # one token in each unscored.
+    from skdirection.adapters.transformers._text import causal_windows
+
+    windows = causal_windows(tiny_llama, tiny_tokenizer, [TEXT], 8, 7, None)
+    scored = sum(int((labels[1:] != -100).sum()) for _, labels in windows)
+    n_tokens = len(tiny_tokenizer("\n\n".join([TEXT]))["input_ids"])
+    assert scored == n_tokens - 1  # every token but the first, once
+    with pytest.raises(ValueError, match="stride must be below max_length=8"):
+        causal_windows(tiny_llama, tiny_tokenizer, [TEXT], 8, 8, None)
+
+
+def test_sentence_embeddings_of_a_bfloat16_encoder(tiny_tokenizer):
+    from transformers import BertConfig, BertModel
+
+    from skdirection.adapters.transformers import sentence_embeddings
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    encoder = BertModel(config).to(torch.bfloat16).eval()
+    vectors = sentence_embeddings(encoder, tiny_tokenizer, ["a fox", "the quick dog"])
+    assert vectors.dtype == np.float32 and vectors.shape == (2, 32)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, rtol=1e-5)

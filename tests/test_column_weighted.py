@@ -36,6 +36,7 @@ def test_column_scaled_table_decodes_and_computes_logits_from_the_inner_table(
         h = torch.randn(5, embeddings.shape[1])
         torch.testing.assert_close(table.linear(h), h @ decoded.T, rtol=1e-5, atol=1e-4)
     assert table.n_bytes == inner.n_bytes + 4 * embeddings.shape[1]
+    assert table.n_parameters == inner.n_parameters + embeddings.shape[1]
     save_table(table, tmp_path / "t.safetensors")
     loaded = load_table(tmp_path / "t.safetensors")
     assert isinstance(loaded, ColumnScaledTable)

@@ -87,3 +87,14 @@ def test_bad_assignment(X):
         PartitionedTable(
             [DenseTable(X[:5]), DenseTable(X[5:])], torch.zeros(30, dtype=torch.long)
         )
+
+
+def test_values_count_each_part_as_it_counts_them(X):
+    # Packed scalar codes count one value a code (not a byte), also inside a part.
+    ids = torch.tensor([0, 1] * 15)
+    quantized = QuantizedTable.from_rows(X[ids == 0], 4)
+    dense = DenseTable(X[ids == 1])
+    table = PartitionedTable([quantized, dense], ids)
+    assert quantized.n_parameters == 15 * 12 + 2 * 15  # codes, and a scale and offset a row
+    assert table.n_parameters == quantized.n_parameters + 15 * 12 + 4  # + 30 one-bit ids
+    assert table.n_bytes == quantized.n_bytes + dense.n_bytes + 4

@@ -68,6 +68,14 @@ def test_scalar_needs_bytes_and_a_reachable_ratio():
         build_compressor("svd", 100, 20, 4, {"ratio_unit": "values"})
 
 
+@pytest.mark.parametrize("ratio", [0, -2.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_ratio_that_is_not_a_positive_number_is_refused(name, ratio):
+    options = {"ratio_unit": "bytes", "column_weight": np.ones(20)}  # divides by it
+    with pytest.raises(ValueError, match="ratio must be a positive number"):
+        build_compressor(name, 100, 20, ratio, options)
+
+
 @pytest.mark.parametrize("method", ["svd", "direction", "direction-fast"])
 def test_low_rank_rank_is_the_same_in_both_units(method):
     ranks = {

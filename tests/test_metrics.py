@@ -53,3 +53,27 @@ def test_scorers_agree_with_the_estimator(embeddings):
     assert compression_ratio_scorer(svd, embeddings) == pytest.approx(
         compression_ratio(n, d, 4)
     )
+
+
+def test_negative_weights_are_refused():
+    X, Y = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[1.0, 0.0], [1.0, 0.0]])
+    for metric in (mean_cosine_similarity, reconstruction_rmse):
+        with pytest.raises(ValueError, match="Negative values"):
+            metric(X, Y, sample_weight=[-1.0, 2.0])
+
+
+def test_scorers_read_a_table_compressors_table(embeddings):
+    # Compressors without inverse_transform (a whole-table fit) are scored on the rows
+    # their table decodes to.
+    from skdirection import ColumnWeightedCompressor, ScalarQuantizer
+
+    weighted = ColumnWeightedCompressor(
+        ScalarQuantizer(4), column_weight=np.linspace(0.5, 2.0, embeddings.shape[1])
+    ).fit(embeddings)
+    decoded = weighted.compress(embeddings).decode().numpy()
+    assert cosine_scorer(weighted, embeddings) == pytest.approx(weighted.score(embeddings))
+    assert neg_rmse_scorer(weighted, embeddings) == pytest.approx(
+        -reconstruction_rmse(embeddings, decoded)
+    )
+    with pytest.raises(ValueError, match="Negative values"):
+        weighted.score(embeddings, sample_weight=-np.ones(len(embeddings)))

@@ -23,7 +23,7 @@ def _matrix(model):
 
 def _divergence(model, tokenizer, table, target):
     meter = LanguageModelMeter(
-        model, tokenizer, TEXT, max_length=32, stride=32, progress=False
+        model, tokenizer, TEXT, max_length=32, stride=16, progress=False
     )
     meter.set_reference()
     patch_embeddings(model, table, target=target)

@@ -393,8 +393,9 @@ class CompressedTable(nn.Module):
 
     @property
     def n_parameters(self):
-        """Number of stored values."""
-        return sum(p.numel() for p in self.parameters())
+        """Number of stored values: a nested table's as it counts them (packed scalar
+        codes count one value a code, not a byte)."""
+        return _stored_values(self)
 
     @property
     def n_bytes(self):
@@ -405,6 +406,18 @@ class CompressedTable(nn.Module):
     def stored_size(self):
         """:class:`StoredSize` of the table."""
         return StoredSize(self.n_parameters, self.n_bytes)
+
+
+def _stored_values(module):
+    """Values of ``module``'s own tensors, plus each nested table's ``n_parameters``
+    (through containers such as a ``ModuleList`` of parts)."""
+    total = sum(p.numel() for p in module.parameters(recurse=False))
+    for child in module.children():
+        if isinstance(child, CompressedTable):
+            total += child.n_parameters
+        else:
+            total += _stored_values(child)
+    return total
 
 
 def describe_table(table):

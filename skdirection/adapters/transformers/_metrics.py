@@ -197,7 +197,9 @@ def perplexity(
         Window (causal) or block (masked) length; ``None`` gives 1024 for causal and 512
         for masked models, or the model's maximum when smaller.
     stride : int, default=None
-        Causal LMs only; ``None`` gives ``max_length // 2``.
+        Causal LMs only; ``None`` gives ``max_length // 2``. Below ``max_length``: a
+        window's first token is context only, so windows must overlap for every token
+        to be scored.
     max_tokens : int, default=None
         Use only the first ``max_tokens`` tokens of the texts.
     batch_size : int, default=2
@@ -269,7 +271,9 @@ def sentence_embeddings(model, tokenizer, sentences, *, batch_size=32, max_lengt
                 hidden = model(**encoded).last_hidden_state
                 mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out.append(nn.functional.normalize(pooled, dim=1).cpu().numpy())
+                # In float32: numpy has no bfloat16.
+                pooled = nn.functional.normalize(pooled.float(), dim=1)
+                out.append(pooled.cpu().numpy())
     finally:
         model.train(was_training)
     return np.concatenate(out)

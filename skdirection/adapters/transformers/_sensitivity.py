@@ -46,7 +46,9 @@ def head_moment(model, tokenizer, texts, *, max_tokens=16384, max_length=None):
         )
     # Windows that do not overlap: every token is read once.
     max_length = max_length or max_positions(model, 1024)
-    windows = causal_windows(model, tokenizer, texts, max_length, max_length, max_tokens)
+    windows = causal_windows(
+        model, tokenizer, texts, max_length, max_length, max_tokens, every_token=False
+    )
     device = model_device(model)
     totals = {"moment": None, "count": 0}
 

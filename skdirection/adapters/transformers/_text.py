@@ -35,7 +35,12 @@ def collate(batch, tokenizer):
     return ids, labels, mask
 
 
-def causal_windows(model, tokenizer, texts, max_length, stride, max_tokens):
+def causal_windows(
+    model, tokenizer, texts, max_length, stride, max_tokens, *, every_token=True
+):
+    """``(window, labels)`` pairs of the texts joined by blank lines. With
+    ``every_token`` (measuring), each window starts inside the one before, so that every
+    token but the first is scored once; without (training windows), they may tile."""
     ids = torch.as_tensor(_leading_token_ids(tokenizer, "\n\n".join(texts), max_tokens))
     if len(ids) < 2:
         raise ValueError("the texts hold fewer than 2 tokens: nothing to predict.")
@@ -43,6 +48,13 @@ def causal_windows(model, tokenizer, texts, max_length, stride, max_tokens):
     stride = stride or max(1, max_length // 2)
     if not 0 < stride <= max_length:
         raise ValueError(f"stride must be in [1, max_length={max_length}], got {stride}.")
+    if every_token and stride == max_length > 1:
+        # A window's first token is only context: each later window must start inside
+        # the one before, or that token is never scored.
+        raise ValueError(
+            f"stride must be below max_length={max_length} so that every token is "
+            f"scored, got {stride}."
+        )
     windows, previous_end = [], 0
     for begin in range(0, len(ids), stride):
         end = min(begin + max_length, len(ids))

@@ -247,7 +247,9 @@ def _check_parameters_positive(**values):
 
 def _windows(model, tokenizer, texts, kind, max_length, max_tokens, random_state):
     if kind == "causal":
-        return causal_windows(model, tokenizer, texts, max_length, max_length, max_tokens)
+        return causal_windows(
+            model, tokenizer, texts, max_length, max_length, max_tokens, every_token=False
+        )
     return masked_blocks(
         model, tokenizer, texts, max_length, max_tokens, 0.15, random_state
     )

@@ -617,20 +617,10 @@ def test_a_stride_of_a_whole_window_is_refused(tiny_llama, tiny_tokenizer):
         causal_windows(tiny_llama, tiny_tokenizer, [TEXT], 8, 8, None)
 
 
-def test_sentence_embeddings_of_a_bfloat16_encoder(tiny_tokenizer):
-    from transformers import BertConfig, BertModel
-
+def test_sentence_embeddings_of_a_bfloat16_encoder(tiny_bert, tiny_tokenizer):
     from skdirection.adapters.transformers import sentence_embeddings
 
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    encoder = BertModel(config).to(torch.bfloat16).eval()
+    encoder = tiny_bert.bert.to(torch.bfloat16)  # a BertModel: last_hidden_state
     vectors = sentence_embeddings(encoder, tiny_tokenizer, ["a fox", "the quick dog"])
     assert vectors.dtype == np.float32 and vectors.shape == (2, 32)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, rtol=1e-5)

@@ -79,7 +79,6 @@ class TableCompressor(BaseEstimator):
         """
         table = self.compress(X)
         X = self._validate_rows(X, reset=False)
-        sample_weight = self._check_sample_weight(sample_weight, X)
         with torch.no_grad():
             decoded = table.decode().numpy()
         return mean_cosine_similarity(X, decoded, sample_weight)

@@ -10,6 +10,7 @@ models) under :mod:`skdirection.cli`.
 from .codecs import (
     ColumnScaledTable,
     CompressedTable,
+    DeduplicatedTable,
     DenseTable,
     LinearDecodedTable,
     LowRankTable,
@@ -35,6 +36,7 @@ __all__ = [
     "ColumnScaledTable",
     "ColumnWeightedCompressor",
     "CompressedTable",
+    "DeduplicatedTable",
     "DenseTable",
     "DirectionAutoEncoder",
     "FrequencyMixedCompressor",

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from skdirection import (
+    DeduplicatedTable,
     DenseTable,
     DirectionAutoEncoder,
     FrequencyMixedCompressor,
@@ -60,7 +61,17 @@ def _codecs():
             weighted=True,
         ),
         "float16": lambda weight, counts: DenseTable(torch.from_numpy(weight).half()),
+        "mixed_repeated_rows": _repeated_rows_mixed,
     }
+
+
+def _repeated_rows_mixed(weight, counts):
+    # Half the rows copied from the other half: stored once, in a DeduplicatedTable.
+    repeated = np.concatenate([weight[: VOCAB // 2]] * 2)
+    mixed = FrequencyMixedCompressor(6, ranks=(4,), block_sizes=(4,), random_state=0)
+    table = mixed.fit(repeated, sample_weight=counts).compress(repeated)
+    assert isinstance(table, DeduplicatedTable)
+    return table
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ A :class:`Codec` learns what it shares across rows (``fit``), stores rows as a
 stores. Codecs compose the way faiss's index factory composes quantizers: a
 :class:`NormScaledCodec` stores the directions of any codec and the norms beside them, a
 :class:`ProjectionCodec` stores latent codes with any codec, and a
-:class:`PartitionedTable` puts each row in the table of the codec chosen for it.
+:class:`PartitionedTable` puts each row in the table of the codec chosen for it, and a
+:class:`DeduplicatedTable` stores rows that repeat once.
 
 Adding a codec means one module here: a :class:`Codec` subclass, and its table class
 decorated with :func:`register_table` so that :func:`load_table` can read it back. The
@@ -23,6 +24,7 @@ from ._table import (
     save_table,
 )
 from .column_scaled import ColumnScaledTable
+from .deduplicated import DeduplicatedTable, distinct_rows, row_index_size
 from .dense import DenseCodec, DenseTable
 from .low_rank import (
     LinearDecodedTable,
@@ -40,6 +42,7 @@ __all__ = [
     "Codec",
     "ColumnScaledTable",
     "CompressedTable",
+    "DeduplicatedTable",
     "DenseCodec",
     "DenseTable",
     "LinearDecodedTable",
@@ -53,10 +56,12 @@ __all__ = [
     "QuantizedTable",
     "ScalarCodec",
     "StoredSize",
+    "distinct_rows",
     "largest_rank",
     "load_table",
     "low_rank_size",
     "partition_size",
+    "row_index_size",
     "register_table",
     "save_table",
 ]

@@ -144,8 +144,8 @@ def assign(row_costs, fixed_costs, errors, budget):
         best, price = _descend(best, price, allowed, solve, objective, fixed_costs)
     # Dropping codecs one at a time cannot turn codecs that share the rows into one
     # codec that all rows take and whose fixed cost alone pays (on spaCy's vectors at
-    # 16x, blocks of 4 and 8 into a projection): each codec with a fixed cost is also
-    # tried alone, with those of none.
+    # 16x, every row coded, blocks of 4 and 8 into a projection): each codec with a
+    # fixed cost is also tried alone, with those of none.
     free = np.flatnonzero(fixed_costs == 0)
     in_use = np.unique(best) if best is not None else free[:0]
     for k in np.setdiff1d(np.flatnonzero(fixed_costs > 0), in_use):

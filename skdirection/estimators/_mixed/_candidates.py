@@ -40,8 +40,9 @@ _REFIT_ITER = 4  # a refit starts from the codebooks it refines
 _REFINE_ITER = 2
 _REFINE_POINTS_PER_VALUE = 16
 # A searched table's projected codes (few candidates, rows that all take one of them):
-# on spaCy's word vectors at 32x without norms, 8 iterations and refits of 8 keep a 10-NN
-# overlap of 0.6510 where 4 keep 0.6488 (16: 0.6516), in 1.6x the time.
+# on spaCy's word vectors at 32x without norms (every row coded), 8 iterations and
+# refits of 8 keep a 10-NN overlap of 0.6510 where 4 keep 0.6488 (16: 0.6516), in 1.6x
+# the time.
 _PROJECTED_KMEANS_ITER = 8
 _PROJECTED_REFIT_ITER = 8
 # Values reconstructed at once when measuring a codec: bounded working memory, and on
@@ -321,7 +322,11 @@ class ProjectedProductFamily(ProductFamily):
 
     def codecs(self, mix, n_rows, n_features):
         dtype, unit = _float_dtype(mix), mix.ratio_unit
-        budget = n_rows * n_features * (4 if unit == "bytes" else 1) / mix.ratio
+        # While the mix fits, its budget for the rows it codes (less the index of
+        # repeated rows stored once); else the whole table's.
+        budget = getattr(mix, "_fit_budget", None)
+        if budget is None:
+            budget = n_rows * n_features * (4 if unit == "bytes" else 1) / mix.ratio
         codecs = []
         for b in sorted({int(b) for b in mix.projected_block_sizes if 0 < int(b)}):
             fitting = None

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from skdirection import FrequencyMixedCompressor, ProductQuantizer, ScalarQuantizer
+from skdirection import (
+    DeduplicatedTable,
+    FrequencyMixedCompressor,
+    ProductQuantizer,
+    ScalarQuantizer,
+)
 from skdirection.adapters.transformers import (
     LanguageModelMeter,
     patch_embeddings,
@@ -45,12 +50,33 @@ def _same_state(before, module):
     )
 
 
+class _RepeatedHalf:
+    """Fits and compresses the table with its second half replaced by its first: the
+    mix then stores a :class:`~skdirection.DeduplicatedTable`."""
+
+    def __init__(self, estimator):
+        self.estimator = estimator
+
+    def fit(self, X):
+        half = len(X) // 2
+        self.repeated = X.copy()
+        self.repeated[half : 2 * half] = X[:half]
+        self.estimator.fit(self.repeated)
+        return self
+
+    def compress(self, X):
+        table = self.estimator.compress(self.repeated)
+        assert isinstance(table, DeduplicatedTable)
+        return table
+
+
 @pytest.mark.parametrize(
     "make, target",
     [
         (lambda: ScalarQuantizer(2, group_size=8), "both"),
         (lambda: ProductQuantizer(4, n_centroids=16, random_state=0), "input"),
         (lambda: FrequencyMixedCompressor(8, random_state=0), "both"),
+        (lambda: _RepeatedHalf(FrequencyMixedCompressor(8, random_state=0)), "both"),
     ],
 )
 def test_tuning_lowers_the_divergence_and_keeps_codes_and_bytes(

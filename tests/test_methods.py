@@ -110,8 +110,11 @@ def test_mixed_meets_the_ratio(table, unit, ratio):
 def test_auto_quantizes_while_scalar_codes_are_nearly_free():
     int4 = auto_compressor(49152, 576, 6.0, "bytes")
     assert isinstance(int4, ScalarQuantizer) and (int4.bits, int4.group_size) == (4, 32)
-    int8 = auto_compressor(49152, 576, 3.0, "bytes", search=True)
+    int8 = auto_compressor(49152, 576, 3.0, "bytes")
     assert isinstance(int8, ScalarQuantizer) and (int8.bits, int8.group_size) == (8, None)
+    # A searched table gets the whole budget from the mix at any ratio.
+    searched = auto_compressor(49152, 576, 3.0, "bytes", search=True)
+    assert isinstance(searched, FrequencyMixedCompressor) and searched.ratio == 3.0
     registered = build_compressor("auto", 49152, 576, 6.0, {"ratio_unit": "bytes"})
     assert registered.get_params() == int4.get_params()
 

@@ -28,11 +28,13 @@ def repeated_rows(n_distinct=300, max_copies=4, n_features=24, seed=0):
     return distinct[rows].astype(np.float32)
 
 
+@pytest.mark.parametrize("chunk", [None, 16])
 @pytest.mark.parametrize("bits", [1, 2, 3, 7, 8, 9, 14, 17, 24])
-def test_integers_round_trip_at_any_width(bits):
-    values = torch.randint(
-        0, 2**bits, (1001,), generator=torch.Generator().manual_seed(bits)
-    )
+def test_integers_round_trip_at_any_width(bits, chunk, monkeypatch):
+    if chunk is not None:  # many chunks, the last one short, odd widths across them
+        monkeypatch.setattr(deduplicated, "_CHUNK_VALUES", chunk)
+    generator = torch.Generator().manual_seed(bits)
+    values = torch.randint(0, 2**bits, (1001,), generator=generator)
     values[:2] = torch.tensor([0, 2**bits - 1])
     packed = pack_integers(values, bits)
     assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(1001 * bits / 8)

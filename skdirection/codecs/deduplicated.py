@@ -28,25 +28,44 @@ def row_index_size(n_rows, n_distinct):
     return StoredSize(n_bytes, n_bytes)
 
 
+# Values packed or unpacked at once: a multiple of 8, so that every chunk but the last
+# fills whole bytes, and few enough that the bits (one int64 each) stay small.
+_CHUNK_VALUES = 1 << 16
+
+
 def pack_integers(values, bits):
     """Non-negative integers below ``2**bits`` (``bits`` at most 62), ``bits`` each,
     most significant first, into ``ceil(n * bits / 8)`` uint8."""
     values = torch.as_tensor(values).to(torch.int64).reshape(-1)
     shifts = torch.arange(bits - 1, -1, -1, device=values.device)
-    bit_array = ((values[:, None] >> shifts) & 1).to(torch.uint8).reshape(-1)
-    pad = -bit_array.numel() % 8
-    if pad:
-        bit_array = torch.cat([bit_array, bit_array.new_zeros(pad)])
     weights = (2 ** torch.arange(7, -1, -1, device=values.device)).to(torch.uint8)
-    return (bit_array.reshape(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
+    packed = []
+    for chunk in values.split(_CHUNK_VALUES):
+        bit_array = ((chunk[:, None] >> shifts) & 1).to(torch.uint8).reshape(-1)
+        pad = -bit_array.numel() % 8
+        if pad:
+            bit_array = torch.cat([bit_array, bit_array.new_zeros(pad)])
+        packed.append((bit_array.reshape(-1, 8) * weights).sum(dim=1, dtype=torch.uint8))
+    if not packed:
+        return torch.zeros(0, dtype=torch.uint8, device=values.device)
+    return torch.cat(packed)
 
 
 def unpack_integers(packed, bits, n):
     """The ``n`` int64 values :func:`pack_integers` packed at ``bits`` bits."""
     shifts = torch.arange(7, -1, -1, device=packed.device)
-    bit_array = ((packed.to(torch.int64)[:, None] >> shifts) & 1).reshape(-1)
     powers = 2 ** torch.arange(bits - 1, -1, -1, device=packed.device)
-    return (bit_array[: n * bits].reshape(n, bits) * powers).sum(dim=1)
+    out = torch.empty(n, dtype=torch.int64, device=packed.device)
+    chunk_bytes = _CHUNK_VALUES * bits // 8
+    for start in range(0, n, _CHUNK_VALUES):
+        count = min(_CHUNK_VALUES, n - start)
+        first = start * bits // 8
+        piece = packed[first : first + chunk_bytes].to(torch.int64)
+        bit_array = ((piece[:, None] >> shifts) & 1).reshape(-1)
+        out[start : start + count] = (
+            bit_array[: count * bits].reshape(count, bits) * powers
+        ).sum(dim=1)
+    return out
 
 
 def distinct_rows(X):

@@ -161,3 +161,56 @@ def test_compressing_a_table_whose_repeats_changed_is_refused():
     changed[copy] += 1
     with pytest.raises(ValueError, match="not the fitted table"):
         mixed.compress(changed)
+
+
+def test_the_mix_codes_every_row_when_the_index_leaves_too_little():
+    # A rank-64 basis takes much of the budget, so the 35 repeated rows save less than
+    # the index costs at the highest ratio that coding every row reaches.
+    rng = np.random.RandomState(0)
+    distinct = rng.normal(size=(2013, 512)).astype(np.float32)
+    X = np.concatenate([distinct, distinct[:35]])
+    params = dict(bits=(), block_sizes=(), ranks=(64,), n_refits=0, random_state=0)
+    every = FrequencyMixedCompressor(20, deduplicate=False, **params).fit(X)
+    mixed = FrequencyMixedCompressor(every.ratio_, **params).fit(X)
+    assert mixed.n_distinct_rows_ == len(X)
+    table = mixed.compress(X)
+    assert isinstance(table, PartitionedTable)
+    assert X.nbytes / table.n_bytes >= every.ratio_
+    with pytest.raises(ValueError, match="cannot be reached"):
+        FrequencyMixedCompressor(1.001 * every.ratio_, **params).fit(X)
+
+
+def test_a_table_of_one_repeated_row_saves_loads_and_decodes(tmp_path):
+    X = np.tile(np.random.RandomState(0).normal(size=(1, 24)).astype(np.float32), (500, 1))
+    mixed = FrequencyMixedCompressor(8, ranks=(4,), block_sizes=(4,), random_state=0)
+    table = mixed.fit(X).compress(X)
+    assert isinstance(table, DeduplicatedTable) and mixed.n_distinct_rows_ == 1
+    assert table.n_bytes == mixed.stored_size_ == table.distinct.n_bytes  # a 0-bit index
+    np.testing.assert_allclose(table.decode().numpy(), X, atol=2e-3)
+    save_table(table, tmp_path / "one.safetensors")
+    loaded = load_table(tmp_path / "one.safetensors")
+    assert torch.equal(loaded.decode(), table.decode())
+
+
+def test_a_mixed_table_of_repeated_rows_saves_and_loads(tmp_path):
+    X = repeated_rows()
+    mixed = FrequencyMixedCompressor(8, ranks=(4, 8), block_sizes=(4,), random_state=0)
+    table = mixed.fit(X).compress(X)
+    save_table(table, tmp_path / "mixed.safetensors")
+    loaded = load_table(tmp_path / "mixed.safetensors")
+    assert isinstance(loaded, DeduplicatedTable)
+    assert isinstance(loaded.distinct, PartitionedTable)
+    assert loaded.n_bytes == table.n_bytes == mixed.stored_size_
+    assert torch.equal(loaded.decode(), table.decode())
+    h = torch.randn(5, X.shape[1], generator=torch.Generator().manual_seed(0))
+    expected = h @ table.decode().T  # the quantized parts sum in their own order
+    torch.testing.assert_close(
+        loaded.linear(h), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max())
+    )
+
+
+def test_the_index_follows_the_distinct_rows_device():
+    # On the meta device, which refuses mixing devices as CUDA does.
+    distinct = DenseTable(torch.ones(4, 3)).to("meta")
+    table = DeduplicatedTable(distinct, torch.tensor([0, 3, 3, 1]))
+    assert table.packed_index.device.type == "meta"

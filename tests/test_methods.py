@@ -115,6 +115,7 @@ def test_auto_quantizes_while_scalar_codes_are_nearly_free():
     # A searched table gets the whole budget from the mix at any ratio.
     searched = auto_compressor(49152, 576, 3.0, "bytes", search=True)
     assert isinstance(searched, FrequencyMixedCompressor) and searched.ratio == 3.0
+    assert searched.projected_block_sizes == (2, 4) and not searched.keep_norms
     registered = build_compressor("auto", 49152, 576, 6.0, {"ratio_unit": "bytes"})
     assert registered.get_params() == int4.get_params()
 

@@ -157,13 +157,15 @@ class DeduplicatedTable(CompressedTable):
         n_distinct = distinct.num_embeddings
         if row_index.numel() and (row_index.min() < 0 or row_index.max() >= n_distinct):
             raise ValueError(f"row_index holds rows outside [0, {n_distinct}).")
+        device = next(distinct.parameters()).device
+        row_index = row_index.to(device)
         self.distinct = distinct
         self.n_rows = int(row_index.numel())
         self.index_bits = row_index_bits(n_distinct)
         self.packed_index = frozen(
             pack_integers(row_index, self.index_bits)
             if self.index_bits
-            else torch.zeros(0, dtype=torch.uint8, device=row_index.device)
+            else torch.zeros(0, dtype=torch.uint8, device=device)
         )
 
     def row_index(self):

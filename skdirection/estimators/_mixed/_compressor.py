@@ -32,6 +32,10 @@ _SCREEN_MIN_ROWS = 4096
 _SCREEN_MAX_ROWS = 16384
 
 
+class _RatioUnreachable(ValueError):
+    """No assignment of the candidates fits the budget (the message says why)."""
+
+
 class FrequencyMixedCompressor(TableCompressor):
     """Give every row of a table the codec its frequency pays for, within a budget.
 
@@ -340,18 +344,60 @@ class FrequencyMixedCompressor(TableCompressor):
         device = resolve_device(self.device)
         original = n * d * (4 if self.ratio_unit == "bytes" else 1)
         first, row_index, index_cost = self._distinct(X, original / self.ratio)
+        try:
+            try:
+                fitted = self._fit_rows(X, row_weight, first, row_index, index_cost, device)
+            except _RatioUnreachable:
+                if first is None:
+                    raise
+                # The index left too little beside the codecs' fixed costs (a basis,
+                # codebooks): code every row.
+                first, row_index, index_cost = None, None, 0
+                fitted = self._fit_rows(X, row_weight, None, None, 0, device)
+        except _RatioUnreachable as unreachable:
+            raise ValueError(str(unreachable)) from None
+        families, candidates, assignment, weight = fitted
+
+        self._candidate_codecs = [c.codec.to("cpu") for c in candidates]
+        self._distinct_first, self._row_index = first, row_index
+        self.device_ = str(device)
+        self.codecs_ = [c.name for c in candidates]
+        for family, codecs in families:
+            for name, value in family.learned(codecs).items():
+                setattr(self, name, value)
+        errors = np.stack([c.distance for c in candidates], axis=1)[
+            np.arange(len(assignment)), assignment
+        ]
+        self.weighted_cosine_distance_ = float(np.average(errors, weights=weight))
+        self.stored_size_ = int(self._cost(candidates, assignment) + index_cost)
+        self.ratio_ = original / self.stored_size_
+        self.n_rows_ = n
+        self.n_distinct_rows_ = len(assignment)
+        self.assignment_ = assignment if first is None else assignment[row_index]
+        return self
+
+    def _fit_rows(self, X, row_weight, first, row_index, index_cost, device):
+        """Fit the candidates and assign them to the rows of ``X`` (to its distinct
+        rows ``first`` when given, each weighing its copies' ``row_weight``) within
+        the budget less ``index_cost``; returns ``(families, candidates, assignment,
+        weight)``, or raises :class:`_RatioUnreachable`."""
+        n, d = X.shape
         rows = float32_rows(X if first is None else X[first], device)
         weight = (
             row_weight
             if first is None
             else np.bincount(row_index, weights=row_weight, minlength=len(first))
         )
-        budget = self._fit_budget = original / self.ratio - index_cost
+        budget = n * d * (4 if self.ratio_unit == "bytes" else 1) / self.ratio - index_cost
         generator = torch_generator(check_random_state(self.random_state), "cpu")
-        families = [
-            (family, family.codecs(self, rows.shape[0], d))
-            for family in CANDIDATE_FAMILIES.values()
-        ]
+        self._fit_budget = budget  # read by the families while they make their codecs
+        try:
+            families = [
+                (family, family.codecs(self, rows.shape[0], d))
+                for family in CANDIDATE_FAMILIES.values()
+            ]
+        finally:
+            del self._fit_budget
         n_codecs = sum(len(codecs) for _, codecs in families)
         self.n_refits_ = 0
         with progress_bar(
@@ -375,24 +421,7 @@ class FrequencyMixedCompressor(TableCompressor):
                 bar.update()
                 if not changed:
                     break
-
-        self._candidate_codecs = [c.codec.to("cpu") for c in candidates]
-        self._distinct_first, self._row_index = first, row_index
-        self.device_ = str(device)
-        self.codecs_ = [c.name for c in candidates]
-        for family, codecs in families:
-            for name, value in family.learned(codecs).items():
-                setattr(self, name, value)
-        errors = np.stack([c.distance for c in candidates], axis=1)[
-            np.arange(len(assignment)), assignment
-        ]
-        self.weighted_cosine_distance_ = float(np.average(errors, weights=weight))
-        self.stored_size_ = int(self._cost(candidates, assignment) + index_cost)
-        self.ratio_ = original / self.stored_size_
-        self.n_rows_ = n
-        self.n_distinct_rows_ = rows.shape[0]
-        self.assignment_ = assignment if first is None else assignment[row_index]
-        return self
+        return families, candidates, assignment, weight
 
     def _distinct(self, X, budget):
         """``(first, row_index, index_cost)`` of the rows to code once when storing
@@ -499,7 +528,7 @@ class FrequencyMixedCompressor(TableCompressor):
                 budget,
             )
         except BudgetUnreachable as unreachable:
-            raise ValueError(
+            raise _RatioUnreachable(
                 f"ratio={self.ratio} cannot be reached: the cheapest candidates store "
                 f"{unreachable.cheapest:.0f} {self.ratio_unit} against a budget of "
                 f"{budget:.0f}; add smaller ranks or lower the ratio."
@@ -533,15 +562,20 @@ class FrequencyMixedCompressor(TableCompressor):
                 f"{self.n_rows_} rows of the fitted table."
             )
         self._check_magnitudes(X)
-        first, row_index = self._distinct_first, self._row_index
+        # Estimators fitted before repeated rows were stored once code every row.
+        first = getattr(self, "_distinct_first", None)
+        row_index = getattr(self, "_row_index", None)
         assignment = self.assignment_
         if first is not None:
             values = np.asarray(X, dtype=np.float32)
-            if not np.array_equal(values, values[first[row_index]]):
-                raise ValueError(
-                    "X is not the fitted table: rows that were equal when it was fitted, "
-                    "and are stored once, now differ."
-                )
+            copies = first[row_index]
+            for start in range(0, len(values), 8192):  # bounded working memory
+                stop = start + 8192
+                if not np.array_equal(values[start:stop], values[copies[start:stop]]):
+                    raise ValueError(
+                        "X is not the fitted table: rows that were equal when it was "
+                        "fitted, and are stored once, now differ."
+                    )
             X, assignment = X[first], assignment[first]
         rows = float32_rows(X)
         used = np.unique(assignment)

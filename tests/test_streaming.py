@@ -90,7 +90,7 @@ def test_streamed_batches_are_the_shuffled_chunks_read_ahead(monkeypatch):
     # chunks in their shuffled order, each shuffled, every epoch.
     monkeypatch.setattr(backend, "RESIDENT_BYTES", 0)
     X = np.arange(50 * 3, dtype=np.float32).reshape(50, 3)
-    weight = torch.arange(50.0)
+    weight = torch.full((50,), 0.5)  # equal weights: every row once an epoch
     batches = ShuffledBatches(
         RowSource(X), weight, 4, torch.Generator().manual_seed(0), torch.device("cpu"), 8
     )
@@ -107,6 +107,37 @@ def test_streamed_batches_are_the_shuffled_chunks_read_ahead(monkeypatch):
         for (rows, row_weight), (want_rows, want_weight) in zip(got, expected, strict=True):
             torch.testing.assert_close(rows, want_rows, rtol=0, atol=0)
             torch.testing.assert_close(row_weight, want_weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_unequal_weights_draw_rows_in_proportion(monkeypatch, resident):
+    # Each chunk draws as many rows as it holds, in proportion to their weights, and
+    # every draw weighs the chunk's mean weight: the expected loss is the weighted one.
+    if not resident:
+        monkeypatch.setattr(backend, "RESIDENT_BYTES", 0)
+    n = 40
+    X = np.arange(n, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+    weight = torch.zeros(n)
+    weight[:10], weight[10:20] = 3.0, 1.0  # rows 20 to 39 weigh nothing
+    batches = ShuffledBatches(
+        RowSource(X), weight, 4, torch.Generator().manual_seed(0), torch.device("cpu"), 20
+    )
+    drawn = torch.zeros(n)
+    total_weight = 0.0
+    for _ in range(300):
+        for rows, row_weight in batches:
+            # A streamed chunk of weight zero (a shard's padding) passes its rows
+            # weighing zero, so that every process takes as many steps.
+            counted = rows[row_weight > 0, 0].long()
+            drawn += torch.bincount(counted, minlength=n)
+            total_weight += float(row_weight.sum())
+    assert drawn[20:].sum() == 0
+    share = drawn[:10].sum() / drawn.sum()
+    assert abs(share - 0.75) < 0.02  # 30 of the 40 units of weight
+    # An epoch's weights add up to the table's, whatever is drawn.
+    np.testing.assert_allclose(total_weight / 300, float(weight.sum()), rtol=1e-6)
+    # Equal weights within the first 10 rows: each drawn about as often.
+    assert drawn[:10].min() > 0.8 * drawn[:10].mean()
 
 
 def test_a_failed_read_ahead_raises_in_the_training_loop(monkeypatch):

@@ -274,7 +274,9 @@ class DirectionAutoEncoder(DirectionTraining, BaseCompressor):
         y : None
             Ignored.
         sample_weight : array-like of shape (n_samples,), default=None
-            Weight of each row in the loss, such as a token's frequency.
+            Weight of each row in the loss, such as a token's frequency. Mini-batches
+            draw rows with probability proportional to it (see the training notes in
+            the documentation): the expected loss is the weighted one.
 
         Returns
         -------

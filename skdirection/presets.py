@@ -198,44 +198,38 @@ def pq_block_size(n_rows, n_features, ratio, ratio_unit):
     return None
 
 
-# Up to this bytes ratio a scalar code (int4 in groups of 32 at 6.4x) is nearly free on
-# SmolLM2 (perplexity x1.006); beyond it codebooks win.
-SCALAR_UP_TO_RATIO = 6.4
-
-
 def auto_compressor(n_rows, n_features, ratio, ratio_unit, *, search=False):
-    """The package's preset for a ratio.
+    """The package's preset for a ratio: :class:`FrequencyMixedCompressor`, with token
+    counts as ``sample_weight`` when there are some (every row the same weight
+    otherwise).
 
-    For a model's table, under a bytes ratio up to 6.4, the most precise scalar
-    quantizer that meets it; beyond that, and for a parameters ratio,
-    :class:`FrequencyMixedCompressor`, with token counts as ``sample_weight`` when
-    there are some (every row the same weight otherwise). For a table searched by
-    cosine (``search``: word vectors, a sentence-vector store), the mix at every ratio,
-    which also offers product quantization of the principal directions in blocks of 2
-    and 4 (``projected_block_sizes=(2, 4)``), which a model's embedding must not get: a
-    model reads every direction; and it stores no norms for the codecs of unit
-    directions (``keep_norms=False``): a cosine search never reads a length, and the
-    bytes go to codes. Below 6.4x the mix spends the whole budget where one scalar code
-    overshoots it: on spaCy's vectors at 4x and 6x it keeps a 10-NN overlap of 0.9995
-    and 0.994 where int4 in groups of 32 (6.3x) keeps 0.929, and on MiniLM sentence
-    vectors 0.994 and 0.970 where it keeps 0.955 (6.4x).
+    For a table searched by cosine (``search``: word vectors, a sentence-vector
+    store), the mix also offers product quantization of the principal directions in
+    blocks of 2 and 4 (``projected_block_sizes=(2, 4)``), which a model's embedding
+    must not get: a model reads every direction; and it stores no norms for the codecs
+    of unit directions (``keep_norms=False``): a cosine search never reads a length,
+    and the bytes go to codes.
 
-    On SmolLM2-135M (perplexity on Hamlet, counts from other text,
-    ``benchmarks/bench_quality.py``): int4 in groups of 32 multiplies perplexity by
-    1.006 at 6.4x fewer bytes. Beyond, the mix with counts gives 1.0065 at 8x, 1.017 at
-    10x, 1.084 at 16x and 1.78 at 32x; without counts, 1.0069 at 8x and 1.18 at 16x,
-    where product quantization at the smallest block that meets the ratio gives 1.072
-    (blocks of 3, 11.5x) and 1.56 (blocks of 5, 18.6x). On spaCy's word vectors
-    (``benchmarks/bench_neighbours.py``), ``search`` keeps a 10-NN overlap of 0.981 at
-    8x, 0.872 at 16x and 0.685 at 32x (half its rows repeat another, and the mix stores
-    them once: 0.899, 0.793 and 0.651 when every row is coded), and on MiniLM sentence
-    vectors of Wikipedia 0.958, 0.862 and 0.745, ahead of faiss's PQ and OPQ at equal
-    bytes on both.
+    The mix spends the whole budget at every ratio, where one scalar code overshoots
+    or misses it. On SmolLM2-135M (perplexity on 4096 tokens of Hamlet, counts from
+    news and Wikipedia, ``benchmarks/bench_quality.py`` and one run of each): at 4x,
+    6x and 6.4x fewer bytes, x1.0003, x1.0055 and x1.0040 as the input embedding and
+    x1.0012, x1.0139 and x1.0142 as the tied table, where int4 in groups of 32 (6.4x,
+    the most precise scalar code within 4x to 6.4x) gives x1.0074 and x1.0741; without
+    counts, x1.0000 and x1.0016 (input) and x1.0008 and x1.0082 (tied) at 4x and 6x.
+    Beyond, the mix with counts gives 1.0065 at 8x, 1.017 at 10x, 1.084 at 16x and 1.78
+    at 32x; without counts, 1.0069 at 8x and 1.18 at 16x, where product quantization at
+    the smallest block that meets the ratio gives 1.072 (blocks of 3, 11.5x) and 1.56
+    (blocks of 5, 18.6x). On spaCy's word vectors (``benchmarks/bench_neighbours.py``),
+    ``search`` keeps a 10-NN overlap of 0.981 at 8x, 0.872 at 16x and 0.685 at 32x
+    (half its rows repeat another, and the mix stores them once: 0.899, 0.793 and
+    0.651 when every row is coded), and on MiniLM sentence vectors of Wikipedia 0.958,
+    0.862 and 0.745, ahead of faiss's PQ and OPQ at equal bytes on both; at 4x and 6x
+    it keeps 0.9995 and 0.994 on spaCy's and 0.994 and 0.970 on MiniLM's, where int4 in
+    groups of 32 keeps 0.929 and 0.955. A mix fits in seconds to minutes (SmolLM2's
+    table: about 10 s on two cores), a scalar code in under a second: for speed alone,
+    ``build_compressor("scalar", ...)``.
     """
-    nearly_free = ratio_unit == "bytes" and ratio <= SCALAR_UP_TO_RATIO and not search
-    config = scalar_config(n_features, ratio, min_bits=4) if nearly_free else None
-    if config is not None:
-        return ScalarQuantizer(config[0], group_size=config[1])
     return FrequencyMixedCompressor(
         ratio,
         ratio_unit=ratio_unit,
@@ -333,7 +327,6 @@ register_method(
 register_method(
     "auto",
     _auto,
-    "the preset: up to a bytes ratio of 6.4, scalar quantization (the mix for a "
-    "searched table); beyond it, and for "
-    "a params ratio, the frequency-aware mix (weighted by --counts-text when given)",
+    "the preset: the frequency-aware mix at every ratio (weighted by --counts-text "
+    "when given), which spends the whole budget where one scalar code overshoots it",
 )

@@ -265,10 +265,11 @@ def test_auto_and_mixed_meet_the_ratio(model_folder, capsys):
     assert [r["method"] for r in rows[1:]] == ["auto", "auto", "mixed", "mixed"]
     requested = [6, 9, 6, 9]
     assert all(r["bytes_ratio"] >= x for r, x in zip(rows[1:], requested, strict=True))
-    assert rows[1]["bytes_ratio"] == pytest.approx(6.4)  # int4 in groups of 32
-    # At 9x no scalar code of 3 bits or more fits: auto is the mix, weighted alike.
-    for key in ("bytes_ratio", "embedding_params", "perplexity"):
-        assert rows[2][key] == rows[4][key]
+    # auto is the mix, weighted alike, at 6x as at 9x.
+    for auto, mixed in ((rows[1], rows[3]), (rows[2], rows[4])):
+        for key in ("bytes_ratio", "embedding_params", "perplexity"):
+            assert auto[key] == mixed[key]
+    assert rows[1]["bytes_ratio"] < 6.4  # not int4 in groups of 32, which overshoots
 
 
 @pytest.mark.slow

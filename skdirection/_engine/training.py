@@ -62,11 +62,11 @@ class ShuffledBatches:
         n = weight.shape[0]
         cumulative = weight.double().cumsum(0)
         total = cumulative[-1:]
+        if not bool(total > 0):
+            return torch.arange(n, device=self.device), weight
         uniform = torch.rand(n, generator=self.generator, device=self.generator.device)
         targets = uniform.to(self.device, torch.float64) * total
         rows = torch.searchsorted(cumulative, targets, right=True).clamp_(max=n - 1)
-        if not bool(total > 0):
-            return torch.arange(n, device=self.device), weight
         return rows, (total / n).to(weight.dtype).expand(n)
 
     def _permutation(self, n):

@@ -19,12 +19,13 @@ from ._codec import Codec
 from ._table import (
     CompressedTable,
     StoredSize,
+    index_size,
     load_table,
     register_table,
     save_table,
 )
 from .column_scaled import ColumnScaledTable
-from .deduplicated import DeduplicatedTable, distinct_rows, row_index_size
+from .deduplicated import DeduplicatedTable, distinct_rows, rows_repeat
 from .dense import DenseCodec, DenseTable
 from .low_rank import (
     LinearDecodedTable,
@@ -57,11 +58,12 @@ __all__ = [
     "ScalarCodec",
     "StoredSize",
     "distinct_rows",
+    "index_size",
     "largest_rank",
     "load_table",
     "low_rank_size",
     "partition_size",
-    "row_index_size",
     "register_table",
+    "rows_repeat",
     "save_table",
 ]

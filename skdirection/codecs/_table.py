@@ -91,6 +91,19 @@ class StoredSize:
 NOTHING = StoredSize(0, 0)
 
 
+def index_bits(n_choices):
+    """Bits of an index stored per row into ``n_choices`` things (a part, a distinct
+    row): none when there is only one."""
+    return math.ceil(math.log2(n_choices)) if n_choices > 1 else 0
+
+
+def index_size(n_rows, n_choices):
+    """:class:`StoredSize` of ``n_rows`` bit-packed indices into ``n_choices``: a byte
+    counts as one stored value."""
+    n_bytes = math.ceil(n_rows * index_bits(n_choices) / 8)
+    return StoredSize(n_bytes, n_bytes)
+
+
 def row_tiles(n_rows, n_features, itemsize=4, tile_bytes=None):
     """``(start, stop)`` of consecutive ranges of rows of ``n_features`` values of
     ``itemsize`` bytes, about ``tile_bytes`` (default :data:`TILE_BYTES`) a range."""

@@ -1,33 +1,19 @@
 """Rows that repeat, stored once: a table of the distinct rows and an index a row."""
 
-import math
-
 import numpy as np
 import torch
 
 from ._table import (
     CompressedTable,
-    StoredSize,
     describe_table,
     empty_table,
     frozen,
+    index_bits,
     register_table,
 )
 
-
-def row_index_bits(n_distinct):
-    """Bits of the stored index of a row into ``n_distinct`` distinct rows (none for
-    one)."""
-    return math.ceil(math.log2(n_distinct)) if n_distinct > 1 else 0
-
-
-def row_index_size(n_rows, n_distinct):
-    """:class:`StoredSize` of the bit-packed indices of ``n_rows`` rows into
-    ``n_distinct`` distinct rows: one byte a byte, as part ids count."""
-    n_bytes = math.ceil(n_rows * row_index_bits(n_distinct) / 8)
-    return StoredSize(n_bytes, n_bytes)
-
-
+# Rows hashed or compared at once: bounded working memory.
+_CHUNK_ROWS = 8192
 # Values packed or unpacked at once: a multiple of 8, so that every chunk but the last
 # fills whole bytes, and few enough that the bits (one int64 each) stay small.
 _CHUNK_VALUES = 1 << 16
@@ -92,11 +78,7 @@ def distinct_rows(X):
         raw = np.concatenate([raw, np.zeros((n, pad), np.uint8)], axis=1)
     _, first, inverse = np.unique(_row_hashes(raw), return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
-    representative = first[inverse]
-    if not all(
-        np.array_equal(raw[start : start + 8192], raw[representative[start : start + 8192]])
-        for start in range(0, n, 8192)
-    ):
+    if not rows_repeat(raw, first[inverse]):
         keys = np.ascontiguousarray(raw).view(np.dtype((np.void, raw.shape[1])))
         _, first, inverse = np.unique(keys.ravel(), return_index=True, return_inverse=True)
         inverse = inverse.reshape(-1)
@@ -104,6 +86,13 @@ def distinct_rows(X):
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
     return first[order].astype(np.int64), rank[inverse].astype(np.int64)
+
+
+def rows_repeat(X, representative):
+    """Whether every row ``i`` of the 2-D array ``X`` equals row ``representative[i]``,
+    compared a chunk of rows at a time (no copy of the whole table)."""
+    chunks = [slice(start, start + _CHUNK_ROWS) for start in range(0, len(X), _CHUNK_ROWS)]
+    return all(np.array_equal(X[chunk], X[representative[chunk]]) for chunk in chunks)
 
 
 def _row_hashes(raw):
@@ -114,10 +103,9 @@ def _row_hashes(raw):
         0, 2**63, size=words.shape[1], dtype=np.uint64
     ) * np.uint64(2) + np.uint64(1)
     hashes = np.empty(raw.shape[0], np.uint64)
-    for start in range(0, raw.shape[0], 8192):  # bounded working memory
-        hashes[start : start + 8192] = (words[start : start + 8192] * multipliers).sum(
-            axis=1, dtype=np.uint64
-        )
+    for start in range(0, raw.shape[0], _CHUNK_ROWS):
+        stop = start + _CHUNK_ROWS
+        hashes[start:stop] = (words[start:stop] * multipliers).sum(axis=1, dtype=np.uint64)
     return hashes
 
 
@@ -161,7 +149,7 @@ class DeduplicatedTable(CompressedTable):
         row_index = row_index.to(device)
         self.distinct = distinct
         self.n_rows = int(row_index.numel())
-        self.index_bits = row_index_bits(n_distinct)
+        self.index_bits = index_bits(n_distinct)
         self.packed_index = frozen(
             pack_integers(row_index, self.index_bits)
             if self.index_bits

@@ -1,30 +1,23 @@
 """A row partition across several tables: each row stored by the codec chosen for it."""
 
-import math
-
 import torch
 from torch import nn
 
 from ._table import (
     CompressedTable,
-    StoredSize,
     describe_table,
     empty_table,
     frozen,
+    index_bits,
+    index_size,
     register_table,
 )
 from .scalar import pack_codes, unpack_codes
 
 
-def part_id_bits(n_parts):
-    """Bits of the part id stored per row (none for a single part)."""
-    return math.ceil(math.log2(n_parts)) if n_parts > 1 else 0
-
-
 def partition_size(n_rows, n_parts):
     """:class:`StoredSize` of the bit-packed part ids of ``n_rows`` rows."""
-    n_bytes = math.ceil(n_rows * part_id_bits(n_parts) / 8)
-    return StoredSize(n_bytes, n_bytes)
+    return index_size(n_rows, n_parts)
 
 
 @register_table
@@ -47,7 +40,7 @@ class PartitionedTable(CompressedTable):
         assignment = torch.as_tensor(assignment).to(torch.int64)
         self.parts = nn.ModuleList(parts)
         self.n_rows = int(assignment.shape[0])
-        self.id_bits = part_id_bits(len(parts))
+        self.id_bits = index_bits(len(parts))
         counts = torch.bincount(assignment, minlength=len(parts)).tolist()
         if len(counts) > len(parts) or (assignment.numel() and assignment.min() < 0):
             raise ValueError(f"assignment holds part ids outside [0, {len(parts)}).")

@@ -16,7 +16,8 @@ from ...codecs import (
     DeduplicatedTable,
     PartitionedTable,
     distinct_rows,
-    row_index_size,
+    index_size,
+    rows_repeat,
 )
 from ...codecs.scalar import SUPPORTED_BITS
 from .._base import TableCompressor
@@ -343,17 +344,20 @@ class FrequencyMixedCompressor(TableCompressor):
         n, d = X.shape
         device = resolve_device(self.device)
         original = n * d * (4 if self.ratio_unit == "bytes" else 1)
-        first, row_index, index_cost = self._distinct(X, original / self.ratio)
+        budget = original / self.ratio
+        first, row_index, index_cost = self._distinct(X, budget)
         try:
             try:
-                fitted = self._fit_rows(X, row_weight, first, row_index, index_cost, device)
+                fitted = self._fit_rows(
+                    X, row_weight, first, row_index, budget - index_cost, device
+                )
             except _RatioUnreachable:
                 if first is None:
                     raise
                 # The index left too little beside the codecs' fixed costs (a basis,
                 # codebooks): code every row.
                 first, row_index, index_cost = None, None, 0
-                fitted = self._fit_rows(X, row_weight, None, None, 0, device)
+                fitted = self._fit_rows(X, row_weight, None, None, budget, device)
         except _RatioUnreachable as unreachable:
             raise ValueError(str(unreachable)) from None
         families, candidates, assignment, weight = fitted
@@ -376,19 +380,18 @@ class FrequencyMixedCompressor(TableCompressor):
         self.assignment_ = assignment if first is None else assignment[row_index]
         return self
 
-    def _fit_rows(self, X, row_weight, first, row_index, index_cost, device):
+    def _fit_rows(self, X, row_weight, first, row_index, budget, device):
         """Fit the candidates and assign them to the rows of ``X`` (to its distinct
         rows ``first`` when given, each weighing its copies' ``row_weight``) within
-        the budget less ``index_cost``; returns ``(families, candidates, assignment,
-        weight)``, or raises :class:`_RatioUnreachable`."""
-        n, d = X.shape
+        ``budget``; returns ``(families, candidates, assignment, weight)``, or raises
+        :class:`_RatioUnreachable`."""
+        d = X.shape[1]
         rows = float32_rows(X if first is None else X[first], device)
         weight = (
             row_weight
             if first is None
             else np.bincount(row_index, weights=row_weight, minlength=len(first))
         )
-        budget = n * d * (4 if self.ratio_unit == "bytes" else 1) / self.ratio - index_cost
         generator = torch_generator(check_random_state(self.random_state), "cpu")
         self._fit_budget = budget  # read by the families while they make their codecs
         try:
@@ -430,7 +433,7 @@ class FrequencyMixedCompressor(TableCompressor):
             return None, None, 0
         n = X.shape[0]
         first, row_index = distinct_rows(np.asarray(X, dtype=np.float32))
-        index_cost = row_index_size(n, len(first)).in_unit(self.ratio_unit)
+        index_cost = index_size(n, len(first)).in_unit(self.ratio_unit)
         if (n - len(first)) * budget / n <= index_cost:
             return None, None, 0
         return first, row_index, index_cost
@@ -567,15 +570,11 @@ class FrequencyMixedCompressor(TableCompressor):
         row_index = getattr(self, "_row_index", None)
         assignment = self.assignment_
         if first is not None:
-            values = np.asarray(X, dtype=np.float32)
-            copies = first[row_index]
-            for start in range(0, len(values), 8192):  # bounded working memory
-                stop = start + 8192
-                if not np.array_equal(values[start:stop], values[copies[start:stop]]):
-                    raise ValueError(
-                        "X is not the fitted table: rows that were equal when it was "
-                        "fitted, and are stored once, now differ."
-                    )
+            if not rows_repeat(np.asarray(X, dtype=np.float32), first[row_index]):
+                raise ValueError(
+                    "X is not the fitted table: rows that were equal when it was "
+                    "fitted, and are stored once, now differ."
+                )
             X, assignment = X[first], assignment[first]
         rows = float32_rows(X)
         used = np.unique(assignment)

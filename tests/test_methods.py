@@ -120,6 +120,14 @@ def test_auto_spends_the_whole_budget_below_where_scalar_codes_reach(ratio):
     assert registered.get_params() == {**mixed.get_params(), "random_state": 1}
 
 
+def test_auto_refuses_a_ratio_that_compresses_nothing_by_name():
+    X = np.random.RandomState(0).normal(size=(50, 8)).astype(np.float32)
+    for ratio in (0.5, 1.0):
+        auto = build_compressor("auto", *X.shape, ratio, {"ratio_unit": "bytes"})
+        with pytest.raises(ValueError, match="'ratio' parameter"):
+            auto.fit(X)
+
+
 @pytest.mark.parametrize("ratio, unit", [(7.0, "bytes"), (16.0, "bytes"), (2.0, "params")])
 def test_auto_mixes_beyond_and_projects_only_a_searched_table(ratio, unit):
     mixed = auto_compressor(49152, 576, ratio, unit)
